@@ -1,0 +1,212 @@
+"""Multi-exit text classifier: any Hugging Face encoder with an exit head after every layer.
+
+Exit k (1-based) reads the hidden states after encoder layer k, mean-pools them over real tokens
+and maps them through a small head to class logits (PABEE / BEEM style: one head per layer,
+joint fine-tuning with a depth-weighted loss, see models/training.py).
+
+Inference is stepwise so the engine can drop rows between layers:
+
+    batch = model.embed(model.encode(texts))   # TextBatch at layer 0
+    for k in 1..L:  out = model.step(batch, k); batch = out.batch  (filtered by the engine)
+
+Supported encoder families: BERT-like (BERT, MiniLM, RoBERTa, XLM-R, ELECTRA: `encoder.layer`),
+DistilBERT (`transformer.layer`) and MPNet (`encoder.layer` + relative position bias).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedTokenizerBase
+from transformers.masking_utils import create_bidirectional_mask
+
+from models.base import Encoded, StepOutput
+
+
+@dataclass(frozen=True)
+class TextClassifierConfig:
+    num_labels: int  # classes per exit head
+    head_hidden: int = 0  # width of the head's hidden layer; 0 = the encoder's hidden size
+    dropout: float = 0.1  # dropout before each head layer (training only)
+    max_length: int = 128  # tokens per text, special tokens included; longer texts are cut
+
+
+@dataclass
+class TextBatch:
+    """Rows of texts in flight: hidden states after `layer` encoder layers."""
+
+    hidden: torch.Tensor  # (B, T, H) hidden states after `layer` layers
+    attention_mask: torch.Tensor  # (B, T) 1 = real token, 0 = padding
+    layer: int  # encoder layers already applied (0 = embeddings only)
+    _layer_mask: Any = field(default=None, repr=False)  # cached attention mask for the layers
+    _mask_ready: bool = field(default=False, repr=False)
+
+    def __len__(self) -> int:
+        return int(self.hidden.shape[0])
+
+    def filter(self, keep: torch.Tensor) -> TextBatch:
+        """Keep rows where `keep` is True and trim padding columns no remaining row needs."""
+        keep = keep.to(self.hidden.device)
+        mask = self.attention_mask[keep]  # (B', T)
+        t = int(mask.sum(dim=1).max().item()) if mask.shape[0] else 0
+        return TextBatch(self.hidden[keep][:, :t], mask[:, :t].contiguous(), self.layer)
+
+    @staticmethod
+    def concatenate(batches: Sequence[TextBatch]) -> TextBatch:
+        """Merge batches at the same layer, right-padding to the longest sequence."""
+        if not batches:
+            raise ValueError("concatenate needs at least one batch")
+        layers = {b.layer for b in batches}
+        if len(layers) != 1:
+            raise ValueError(f"cannot concatenate batches at different layers {sorted(layers)}")
+        t = max(b.hidden.shape[1] for b in batches)
+        hs, ms = [], []
+        for b in batches:
+            pad = t - b.hidden.shape[1]
+            hs.append(nn.functional.pad(b.hidden, (0, 0, 0, pad)))  # (B_i, t, H)
+            ms.append(nn.functional.pad(b.attention_mask, (0, pad)))  # (B_i, t)
+        return TextBatch(torch.cat(hs), torch.cat(ms), batches[0].layer)
+
+
+class ExitHead(nn.Module):
+    """Masked mean pooling → dropout → Linear → tanh → dropout → Linear (class logits)."""
+
+    def __init__(self, hidden: int, inner: int, num_labels: int, dropout: float):
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.dense = nn.Linear(hidden, inner)
+        self.out = nn.Linear(inner, num_labels)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, H)
+        x = torch.tanh(self.dense(self.drop(pooled)))  # (B, inner)
+        return self.out(self.drop(x))  # (B, C)
+
+
+def _layers_of(backbone: nn.Module) -> nn.ModuleList:
+    for path in ("encoder.layer", "transformer.layer", "layers", "encoder.layers"):
+        mod: Any = backbone
+        for part in path.split("."):
+            mod = getattr(mod, part, None)
+            if mod is None:
+                break
+        if isinstance(mod, nn.ModuleList):
+            return mod
+    raise ValueError(f"unsupported encoder {type(backbone).__name__}: no layer list found")
+
+
+class MultiExitTextClassifier(nn.Module):
+    """Encoder + one exit head per layer. Offers `embed` / `step`; never decides to exit."""
+
+    def __init__(self, backbone: nn.Module, tokenizer: PreTrainedTokenizerBase,
+                 config: TextClassifierConfig):
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.config = config
+        self.layers = _layers_of(backbone)
+        h = int(backbone.config.hidden_size)
+        inner = config.head_hidden or h
+        self.heads = nn.ModuleList(
+            ExitHead(h, inner, config.num_labels, config.dropout) for _ in self.layers
+        )
+        self.is_mpnet = backbone.config.model_type == "mpnet"
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.layers)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @classmethod
+    def from_backbone(cls, backbone_dir: str, tokenizer: PreTrainedTokenizerBase,
+                      config: TextClassifierConfig) -> MultiExitTextClassifier:
+        """Load pretrained encoder weights (Auto classes) and add fresh exit heads."""
+        cfg = AutoConfig.from_pretrained(backbone_dir)
+        kwargs = {"add_pooling_layer": False} if cfg.model_type in _POOLED else {}
+        return cls(AutoModel.from_pretrained(backbone_dir, **kwargs), tokenizer, config)
+
+    @classmethod
+    def from_config(cls, backbone_config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase,
+                    config: TextClassifierConfig) -> MultiExitTextClassifier:
+        """Build the architecture with random weights (to load a state dict into)."""
+        kwargs = {"add_pooling_layer": False} if backbone_config.model_type in _POOLED else {}
+        return cls(AutoModel.from_config(backbone_config, **kwargs), tokenizer, config)
+
+    # ---- tokenisation -------------------------------------------------------------------
+    def encode(self, texts: Sequence[str], max_length: int | None = None) -> Encoded:
+        """Tokenise, cutting texts longer than `max_length` tokens (and saying which were cut)."""
+        m = max_length or self.config.max_length
+        full = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+        truncated = [len(ids) > m for ids in full]
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=m,
+                             return_tensors="pt")
+        mask = enc["attention_mask"]  # (B, T)
+        return Encoded(enc["input_ids"].to(self.device), mask.to(self.device),
+                       mask.sum(1).tolist(), truncated)
+
+    # ---- step API -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def embed(self, enc: Encoded) -> TextBatch:
+        """Layer-0 state: token + position embeddings."""
+        return TextBatch(self._embed(enc.input_ids), enc.attention_mask, 0)
+
+    @torch.inference_mode()
+    def step(self, batch: TextBatch, k: int) -> StepOutput:
+        """Run encoder layer k (1-based) on `batch` (at layer k-1) and exit head k."""
+        if batch.layer != k - 1:
+            raise ValueError(f"batch is at layer {batch.layer}, cannot run layer {k}")
+        hidden = self._layer(batch, k - 1)  # (B, T, H)
+        logits = self.heads[k - 1](hidden, batch.attention_mask)  # (B, C)
+        nxt = replace(batch, hidden=hidden, layer=k)
+        return StepOutput(logits=logits, batch=nxt)
+
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.backbone.embeddings(input_ids=input_ids)  # (B, T, H)
+
+    def _mask(self, batch: TextBatch) -> Any:
+        if not batch._mask_ready:
+            batch._layer_mask = create_bidirectional_mask(
+                config=self.backbone.config, inputs_embeds=batch.hidden,
+                attention_mask=batch.attention_mask)
+            batch._mask_ready = True
+        return batch._layer_mask
+
+    def _layer(self, batch: TextBatch, i: int) -> torch.Tensor:
+        mask = self._mask(batch)
+        if self.is_mpnet:
+            bias = self.backbone.encoder.compute_position_bias(batch.hidden)  # (B, heads, T, T)
+            out = self.layers[i](batch.hidden, mask, bias)
+        else:
+            out = self.layers[i](batch.hidden, mask)
+        return out[0] if isinstance(out, tuple) else out
+
+    # ---- training / offline path ------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """All exits at once (training, caching logits): returns (B, L, C) logits."""
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                            output_hidden_states=True)
+        hs = out.hidden_states[1:]  # L tensors of (B, T, H)
+        logits = [head(h, attention_mask) for head, h in zip(self.heads, hs, strict=True)]
+        return torch.stack(logits, dim=1)  # (B, L, C)
+
+    @torch.inference_mode()
+    def all_exit_logits(self, enc: Encoded) -> torch.Tensor:
+        """(B, L, C) logits of every exit, computed with the stepwise path."""
+        batch = self.embed(enc)
+        outs = []
+        for k in range(1, self.num_exits + 1):
+            o = self.step(batch, k)
+            outs.append(o.logits)
+            batch = o.batch  # type: ignore[assignment]
+        return torch.stack(outs, dim=1)
+
+
+_POOLED = {"bert", "roberta", "xlm-roberta", "camembert"}  # have add_pooling_layer

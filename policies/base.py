@@ -1,0 +1,157 @@
+"""The exit-policy contract: pure, vectorised, stateless modules with explicit state objects.
+
+A policy is built once per (model, parameters) and reused for every batch. Per batch:
+
+    state = policy.init_state(batch_size, device)
+    for k in 1..K:                              # k is the 1-based exit number
+        d = policy.step(state, k, logits_k)     # logits_k: (B, C) of exit k
+        d = enforce_last_exit(d, k, K)          # the engine's rule: exit K always fires
+        state = d.state.filter(~d.exit_mask)    # exited rows leave (engine side)
+
+Policies do no I/O, no logging, no metrics and never see the model. Their decisions for a row
+depend only on that row's logits history, so a batch gives the same answers as one row at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar, TypeVar
+
+import torch
+
+S = TypeVar("S", bound="PolicyState")
+
+
+class PolicyError(ValueError):
+    """Bad policy name, parameter or input; the message names the offending value."""
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """Per-row policy memory. Every tensor field has the batch as its first dimension."""
+
+    def filter(self: S, keep: torch.Tensor) -> S:
+        """Keep the rows where `keep` (bool, (B,)) is True."""
+        return replace(self, **{f.name: getattr(self, f.name)[keep] for f in fields(self)
+                                if isinstance(getattr(self, f.name), torch.Tensor)})
+
+    @classmethod
+    def concatenate(cls: type[S], states: list[S]) -> S:
+        """Merge states of several batches (rows in order)."""
+        first = states[0]
+        return replace(first, **{f.name: torch.cat([getattr(s, f.name) for s in states])
+                                 for f in fields(first)
+                                 if isinstance(getattr(first, f.name), torch.Tensor)})
+
+
+@dataclass(frozen=True)
+class EmptyState(PolicyState):
+    """State of memoryless policies (max-prob, entropy, static, none)."""
+
+    rows: torch.Tensor  # (B,) placeholder so filter/concatenate keep the batch size
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One step's verdict for every row of the batch."""
+
+    exit_mask: torch.Tensor  # (B,) bool: row may leave at this exit
+    prediction: torch.Tensor  # (B,) long: the class the row would get if it leaves now
+    score: torch.Tensor  # (B,) float: the policy's own score at this exit (for traces)
+    state: PolicyState  # state after this exit (all rows, exited or not)
+
+
+class ExitPolicy(ABC):
+    """Base class: subclasses define `name`, `init_state`, `step` and `params`."""
+
+    name: ClassVar[str]
+    online: ClassVar[bool] = True  # False for oracles that need labels (offline only)
+
+    def __init__(self, num_exits: int):
+        if num_exits < 1:
+            raise PolicyError(f"num_exits must be >= 1, got {num_exits}")
+        self.num_exits = num_exits
+
+    @abstractmethod
+    def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> PolicyState:
+        """Fresh state for `batch_size` rows that have not reached any exit yet."""
+
+    @abstractmethod
+    def step(self, state: PolicyState, k: int, logits: torch.Tensor) -> Decision:
+        """Decide after exit `k` (1-based).
+
+        Args:
+            state: state returned by the previous step (or `init_state`), rows aligned with logits.
+            k: exit number, 1..num_exits.
+            logits: (B, C) logits of exit k.
+
+        Returns:
+            Decision with the exit mask, prediction, score and the new state.
+        """
+
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """The parameters in JSON-able form (shown in /v1/models, stored in manifests)."""
+
+    def check_input(self, k: int, logits: torch.Tensor, batch_size: int | None = None) -> None:
+        """Raise PolicyError on a bad exit number, shape or non-finite logits."""
+        if not 1 <= k <= self.num_exits:
+            raise PolicyError(f"exit k={k} out of range 1..{self.num_exits}")
+        if logits.dim() != 2:
+            raise PolicyError(f"logits must be (B, C), got shape {tuple(logits.shape)}")
+        if batch_size is not None and logits.shape[0] != batch_size:
+            raise PolicyError(f"logits have {logits.shape[0]} rows, state has {batch_size}")
+        if not bool(torch.isfinite(logits).all()):
+            raise PolicyError("logits contain NaN or inf")
+
+
+def enforce_last_exit(decision: Decision, k: int, num_exits: int) -> Decision:
+    """The engine's rule: at the last exit every remaining row leaves."""
+    if k >= num_exits:
+        return replace(decision, exit_mask=torch.ones_like(decision.exit_mask))
+    return decision
+
+
+# ---- parameter checking helpers ------------------------------------------------------------
+def check_number(name: str, value: Any, lo: float = -math.inf, hi: float = math.inf) -> float:
+    """A finite number within [lo, hi], else PolicyError naming the parameter and the limit."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PolicyError(f"{name} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise PolicyError(f"{name} must be finite, got {value!r}")
+    if not lo <= v <= hi:
+        raise PolicyError(f"{name}={value!r} out of range [{lo}, {hi}]")
+    return v
+
+
+# ---- registry ----------------------------------------------------------------------------------
+PolicyFactory = Callable[[int, Mapping[str, Any], Mapping[str, Any] | None], ExitPolicy]
+REGISTRY: dict[str, PolicyFactory] = {}
+
+
+def register(name: str) -> Callable[[PolicyFactory], PolicyFactory]:
+    def deco(fn: PolicyFactory) -> PolicyFactory:
+        REGISTRY[name] = fn
+        return fn
+    return deco
+
+
+def build_policy(name: str, num_exits: int, params: Mapping[str, Any] | None = None,
+                 calibration: Mapping[str, Any] | None = None) -> ExitPolicy:
+    """Build a registered policy.
+
+    Args:
+        name: registry name (`beem`, `eenet`, `maxprob`, `entropy`, `patience`, `static`, `none`).
+        num_exits: exits of the model.
+        params: explicit parameters (a request's overrides); they win over the calibration.
+        calibration: fitted parameters from the artifact manifest (`manifest["policies"][name]`).
+    """
+    import policies  # noqa: F401  (registers the built-in policies)
+
+    if name not in REGISTRY:
+        raise PolicyError(f"unknown policy {name!r}; known: {sorted(REGISTRY)}")
+    return REGISTRY[name](num_exits, dict(params or {}), calibration)
