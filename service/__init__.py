@@ -1,0 +1,1 @@
+"""eeserve HTTP service: app factory, engine, metrics and CLI."""
