@@ -109,13 +109,17 @@ class MultiExitTextClassifier(nn.Module):
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.config = config
-        self.layers = _layers_of(backbone)
         h = int(backbone.config.hidden_size)
         inner = config.head_hidden or h
         self.heads = nn.ModuleList(
-            ExitHead(h, inner, config.num_labels, config.dropout) for _ in self.layers
+            ExitHead(h, inner, config.num_labels, config.dropout) for _ in _layers_of(backbone)
         )
         self.is_mpnet = backbone.config.model_type == "mpnet"
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The encoder's own layer list (not registered twice)."""
+        return _layers_of(self.backbone)
 
     @property
     def num_exits(self) -> int:
