@@ -1,0 +1,34 @@
+# eeserve: the two set-up commands are `make run` and `make test` (see README.md).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: run test lint install tools clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## run: install if needed, build the default model if missing, serve it on 127.0.0.1:8000
+run: $(STAMP)
+	$(BIN)/eeserve serve
+
+## tools: promtool, hadolint, compose binary for the ops checks (best effort off CI)
+tools: $(STAMP)
+	-scripts/ci_tools.sh
+
+## test: install if needed, then the whole test suite
+test: $(STAMP) tools
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check service policies models tests
+	$(BIN)/mypy service policies
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
