@@ -1,0 +1,96 @@
+"""The app factory: `create_app(settings, engine=None) -> FastAPI`. Imports no torch.
+
+The lifespan builds the engine from the settings (unless a test passes one), starts it, and
+shuts it down gracefully (in-flight requests finish within `shutdown_grace_s`). The HTTP layer
+only talks to `service.protocol.EngineClient`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from service import __version__, errors, routes_v1, routes_v2
+from service.metrics import PrometheusStatLogger
+from service.protocol import EngineClient
+from service.schemas import apply_limits
+from service.security import (
+    OPEN_PATHS,
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    RequestContextMiddleware,
+)
+from service.settings import Settings
+
+log = logging.getLogger("eeserve.app")
+
+
+def build_engine(settings: Settings, sink: PrometheusStatLogger) -> EngineClient:
+    """The in-process torch engine (imported here so the HTTP layer stays torch-free)."""
+    mod = importlib.import_module("service.engine")
+    cfg = mod.EngineConfig.from_settings(settings)
+    return mod.InProcessEngine(cfg, sink)  # type: ignore[no-any-return]
+
+
+def create_app(settings: Settings | None = None, engine: EngineClient | None = None,
+               sink: PrometheusStatLogger | None = None) -> FastAPI:
+    """Build the app. `engine` replaces the in-process engine (tests pass a fake one)."""
+    settings = settings or Settings()
+    sink = sink or PrometheusStatLogger()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        eng = engine if engine is not None else build_engine(settings, sink)
+        app.state.engine = eng
+        await eng.start()
+        sink.register_models(eng.models())
+        log.info("engine started", extra={"ready": eng.ready(),
+                                          "models": [m.name for m in eng.models()]})
+        try:
+            yield
+        finally:
+            await eng.shutdown(settings.shutdown_grace_s)
+            log.info("engine stopped")
+
+    app = FastAPI(title="eeserve", version=__version__, lifespan=lifespan,
+                  description="Inference serving with adaptive per-sample early exit "
+                              "(BEEM, EENet and baselines). REST v1 and Open Inference "
+                              "Protocol v2.")
+    app.state.settings = settings
+    app.state.sink = sink
+    app.state.engine = engine
+    errors.install(app)
+    app.include_router(routes_v1.router)
+    app.include_router(routes_v2.router)
+    _middleware(app, settings, sink)
+    _openapi_with_limits(app, settings)
+    return app
+
+
+def _middleware(app: FastAPI, settings: Settings, sink: PrometheusStatLogger) -> None:
+    """Outermost first: request context, API key, body limit (added in reverse)."""
+    def limit_for(path: str) -> int:
+        return settings.max_caption_body_bytes if path == "/v1/caption" else \
+            settings.max_body_bytes
+
+    app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    open_paths = OPEN_PATHS if settings.open_health_and_metrics else frozenset()
+    app.add_middleware(ApiKeyMiddleware, api_key=key, open_paths=open_paths)
+    app.add_middleware(RequestContextMiddleware, sink=sink)
+
+
+def _openapi_with_limits(app: FastAPI, settings: Settings) -> None:
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = apply_limits(original(), settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,153 @@
+"""A cohort: rows of one model and one policy at the same layer, stepped together.
+
+    run:    out = model.step(cohort.batch, k)                # one layer + exit head k
+    update: decision = policy.step(state, k, out.logits)     # per-row verdicts
+            exits = decision | last exit | latency budget    # the engine's rules
+            resolve exited rows at once; keep the rest (batch, state and rows filtered)
+
+Cohorts of the same model at the same layer are stepped as one merged batch (`run_group`), so
+rows under different policies still share the matrix multiplies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from models.text_classifier import TextBatch
+from policies import ExitPolicy, PolicyState, enforce_last_exit
+from service.engine.handles import RequestHandle
+from service.protocol import ClassifyResult, DeadlineExceeded, ExitTrace
+
+
+@dataclass
+class Row:
+    """One text in flight."""
+
+    handle: RequestHandle
+    index: int  # position of the text in its request
+    admitted: float  # perf_counter() when it left the queue
+    budget_end: float | None  # perf_counter() by which it must be answered (latency budget)
+    trace: list[ExitTrace] | None
+
+
+@dataclass
+class Cohort:
+    model: str
+    policy_name: str
+    policy: ExitPolicy
+    batch: TextBatch  # (B, T, H) hidden states at `batch.layer`
+    state: PolicyState  # (B,) policy memory
+    rows: list[Row]
+
+    @property
+    def layer(self) -> int:
+        return self.batch.layer
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass(frozen=True)
+class Exited:
+    """A row that left at this step, with what its result needs."""
+
+    row: Row
+    layer: int
+    prediction: int  # the policy's class for this row
+    budget_forced: bool
+
+
+@dataclass(frozen=True)
+class UpdateOutcome:
+    cohort: Cohort | None  # the surviving rows (None when all left)
+    exited: list[Exited]
+    dropped: int  # rows removed because their request failed, expired or was cancelled
+
+
+def run_group(model: torch.nn.Module, cohorts: list[Cohort]) -> list[tuple[torch.Tensor, TextBatch]]:
+    """Step every cohort (same model, same layer) through the next layer as one batch.
+
+    Returns per cohort the exit logits (B_i, C) and the advanced batch, rows in order.
+    """
+    k = cohorts[0].layer + 1
+    if len(cohorts) == 1:
+        out = model.step(cohorts[0].batch, k)  # type: ignore[operator]
+        return [(out.logits, out.batch)]
+    merged = TextBatch.concatenate([c.batch for c in cohorts])  # (sum B_i, T_max, H)
+    out = model.step(merged, k)  # type: ignore[operator]
+    results, start = [], 0
+    total = len(merged)
+    for c in cohorts:
+        keep = torch.zeros(total, dtype=torch.bool, device=out.logits.device)
+        keep[start:start + len(c)] = True
+        results.append((out.logits[start:start + len(c)], out.batch.filter(keep)))
+        start += len(c)
+    return results
+
+
+def update(cohort: Cohort, logits: torch.Tensor, batch: TextBatch, num_exits: int, now: float,
+           next_step_s: float) -> UpdateOutcome:
+    """Apply the policy and the engine's rules to one stepped cohort."""
+    k = batch.layer
+    d = enforce_last_exit(cohort.policy.step(cohort.state, k, logits), k, num_exits)
+    verdict = torch.stack([d.exit_mask.long(), d.prediction.long()]).tolist()  # one copy/step
+    policy_exit, prediction = verdict
+    if any(r.trace is not None for r in cohort.rows):
+        _append_traces(cohort.rows, k, logits, d.prediction, d.score)
+    keep: list[bool] = []
+    exited: list[Exited] = []
+    dropped = 0
+    for row, leaves, pred in zip(cohort.rows, policy_exit, prediction, strict=True):
+        if row.handle.done or row.handle.expired(now):
+            if not row.handle.done:
+                row.handle.fail(DeadlineExceeded(
+                    f"request {row.handle.request_id} passed its deadline after exit {k}",
+                    "deadline_ms"))
+            keep.append(False)
+            dropped += 1
+            continue
+        forced = (not leaves and row.budget_end is not None and now + next_step_s > row.budget_end)
+        if leaves or forced:
+            exited.append(Exited(row, k, int(pred), forced))
+        keep.append(not (leaves or forced))
+    survivors = None
+    if any(keep):
+        mask = torch.tensor(keep, dtype=torch.bool, device=logits.device)  # (B,)
+        rows = [r for r, kp in zip(cohort.rows, keep, strict=True) if kp]
+        survivors = Cohort(cohort.model, cohort.policy_name, cohort.policy, batch.filter(mask),
+                           d.state.filter(mask), rows)
+    return UpdateOutcome(survivors, exited, dropped)
+
+
+def _append_traces(rows: list[Row], k: int, logits: torch.Tensor, pred: torch.Tensor,
+                   score: torch.Tensor) -> None:
+    conf = torch.softmax(logits.float(), dim=-1).max(dim=-1).values.tolist()  # (B,)
+    preds, scores = pred.tolist(), score.double().tolist()
+    for i, row in enumerate(rows):
+        if row.trace is not None:
+            row.trace.append(ExitTrace(k, int(preds[i]), float(conf[i]), float(scores[i])))
+
+
+def results_for(exited: list[Exited], logits: torch.Tensor, rows: list[Row], labels: list[str],
+                num_exits: int, now: float) -> list[ClassifyResult]:
+    """Build the results of the rows that left (probabilities copied to the host once)."""
+    index = {id(r): i for i, r in enumerate(rows)}
+    sel = torch.tensor([index[id(e.row)] for e in exited], device=logits.device)
+    probs = torch.softmax(logits[sel].float(), dim=-1).cpu()  # (E, C)
+    out = []
+    for e, p in zip(exited, probs.tolist(), strict=True):
+        label_id = e.prediction
+        h = e.row.handle
+        queue_ms = (e.row.admitted - h.arrival) * 1e3
+        compute_ms = (now - e.row.admitted) * 1e3
+        out.append(ClassifyResult(
+            label=labels[label_id] if label_id < len(labels) else str(label_id),
+            label_id=label_id, probabilities=[round(x, 6) for x in p], exit_layer=e.layer,
+            num_layers=num_exits, confidence=round(p[label_id], 6),
+            budget_forced=e.budget_forced, truncated=bool(h.encoded.truncated[e.row.index]),
+            queue_ms=round(queue_ms, 3), compute_ms=round(compute_ms, 3),
+            total_ms=round(queue_ms + compute_ms, 3),
+            trace=list(e.row.trace) if e.row.trace is not None else None))
+    return out

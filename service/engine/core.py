@@ -1,0 +1,204 @@
+"""`InProcessEngine`: the `EngineClient` that runs models in this process on a worker thread.
+
+The event loop validates a request (model, policy, sizes), tokenises it in a helper thread and
+queues it; the worker thread (service/engine/scheduler.py) steps cohorts layer by layer and
+resolves each request's future through `call_soon_threadsafe`. Torch work never runs on the
+event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import torch
+
+from models.loading import load_artifact, resolve_device
+from service.engine.config import EngineConfig
+from service.engine.handles import PolicyKey, RequestHandle, now
+from service.engine.scheduler import Scheduler
+from service.engine.served import ServedModel, seed_step_cost
+from service.protocol import (
+    BadRequest,
+    CaptionEvent,
+    CaptionRequest,
+    CaptionResult,
+    ClassifyRequest,
+    ClassifyResult,
+    DeadlineExceeded,
+    EngineStatus,
+    ModelInfo,
+    NotReady,
+    UnknownModel,
+)
+from service.stats import NullSink, StatsSink
+
+log = logging.getLogger("eeserve.engine")
+
+
+class InProcessEngine:
+    """Loads artifacts, owns the worker thread, turns requests into queued handles."""
+
+    def __init__(self, cfg: EngineConfig, sink: StatsSink | None = None):
+        self.cfg = cfg
+        self.sink: StatsSink = sink or NullSink()
+        self.served: dict[str, ServedModel] = {}
+        self.failed: dict[str, str] = {}  # artifact path -> why it did not load
+        self.scheduler: Scheduler | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = False
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load_all)
+        self.scheduler = Scheduler(self.served, self.cfg, self.sink)
+        self._thread = threading.Thread(target=self._worker, name="eeserve-engine", daemon=True)
+        self._thread.start()
+        self.sink.set_loaded_models(len(self.served))
+        self._ready = bool(self.served) and not self.failed
+
+    def _load_all(self) -> None:
+        if self.cfg.torch_threads:
+            torch.set_num_threads(self.cfg.torch_threads)
+        torch.set_grad_enabled(False)
+        device = str(resolve_device(self.cfg.device))
+        for path in self.cfg.models:
+            t0 = time.perf_counter()
+            try:
+                loaded = load_artifact(path, device, self.cfg.dtype)
+            except Exception as e:  # noqa: BLE001 -- reported in /readyz and /v1/models
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                self.failed[path] = reason
+                log.error("model failed to load", extra={"path": path, "error": reason})
+                continue
+            if loaded.name in self.served:
+                self.failed[path] = f"duplicate model name {loaded.name!r}"
+                continue
+            default = self.cfg.default_policy or loaded.manifest.get("default_policy") or "none"
+            self.served[loaded.name] = ServedModel(loaded, default, device,
+                                                   seed_step_cost(loaded.manifest))
+            self._warm_up(self.served[loaded.name])
+            log.info("model loaded", extra={"model": loaded.name, "path": path,
+                                            "device": device, "exits": loaded.model.num_exits,
+                                            "seconds": round(time.perf_counter() - t0, 3)})
+
+    def _warm_up(self, served: ServedModel) -> None:
+        enc = served.model.encode(["warm up the engine"])
+        served.model.all_exit_logits(enc)
+
+    def _worker(self) -> None:
+        assert self.scheduler is not None
+        torch.set_grad_enabled(False)
+        with torch.inference_mode():
+            self.scheduler.run_forever()
+
+    async def shutdown(self, grace_s: float = 10.0) -> None:
+        """Stop accepting, let queued and in-flight rows finish within `grace_s`, then stop."""
+        self._ready = False
+        sched = self.scheduler
+        if sched is None:
+            return
+        with sched.cond:
+            sched.closed = True
+            sched.cond.notify_all()
+        end = time.monotonic() + grace_s
+        while not sched.idle() and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        if not sched.idle():
+            sched.drop_everything("server shut down before the request finished")
+        with sched.cond:
+            sched.stopped = True
+            sched.cond.notify_all()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 5.0)
+
+    def ready(self) -> bool:
+        return self._ready
+
+    def models(self) -> list[ModelInfo]:
+        infos = [m.info() for m in self.served.values()]
+        infos += [ModelInfo(name=_name_of(p), kind="unknown", ready=False, error=why)
+                  for p, why in self.failed.items()]
+        return infos
+
+    def status(self) -> EngineStatus:
+        s = self.scheduler
+        return EngineStatus(queue_depth=s.pending_rows if s else 0,
+                            active_rows=s.active_rows() if s else 0,
+                            loaded_models=len(self.served))
+
+    # ---- requests -------------------------------------------------------------------------------
+    def _model(self, name: str | None, kind: str = "text-classifier") -> ServedModel:
+        if name is None:
+            for m in self.served.values():
+                if m.loaded.kind == kind:
+                    return m
+            raise UnknownModel(f"no {kind} model is loaded", "model")
+        m = self.served.get(name)
+        if m is None:
+            raise UnknownModel(f"unknown model {name!r}; loaded: {sorted(self.served)}", "model")
+        if m.loaded.kind != kind:
+            raise BadRequest(f"model {name!r} is a {m.loaded.kind}, not a {kind}", "model")
+        return m
+
+    async def classify(self, req: ClassifyRequest) -> list[ClassifyResult]:
+        if self.scheduler is None:
+            raise NotReady("engine not started")
+        served = self._model(req.model)
+        key = PolicyKey(req.policy or served.default_policy,
+                        tuple(sorted((k, _hashable(v)) for k, v in req.params.items())))
+        policy = served.policy(key)  # BadRequest on unknown policy or bad params
+        if not req.texts:
+            raise BadRequest("inputs must hold at least one text", "inputs")
+        arrival = now()
+        enc = await asyncio.to_thread(served.model.encode, req.texts)
+        if self.cfg.long_text == "reject" and any(enc.truncated):
+            i = enc.truncated.index(True)
+            raise BadRequest(f"inputs[{i}] is longer than the model's "
+                             f"{served.model.config.max_length} tokens (long_text=reject)",
+                             "inputs")
+        timeout_ms = min(req.deadline_ms or self.cfg.request_timeout_ms,
+                         self.cfg.request_timeout_ms)
+        loop = asyncio.get_running_loop()
+        handle = RequestHandle(
+            model=served.name, policy=key, policy_obj=policy, encoded=enc,
+            future=loop.create_future(), loop=loop, request_id=req.request_id, arrival=arrival,
+            deadline=arrival + timeout_ms / 1e3,
+            budget_s=req.latency_budget_ms / 1e3 if req.latency_budget_ms else None,
+            return_trace=req.return_trace)
+        self.scheduler.submit(handle)
+        try:
+            return await asyncio.wait_for(asyncio.shield(handle.future),
+                                          timeout_ms / 1e3 + 1.0)
+        except TimeoutError:
+            handle.cancel()
+            raise DeadlineExceeded(f"no answer within {timeout_ms:.0f} ms", "deadline_ms") \
+                from None
+        except asyncio.CancelledError:
+            handle.cancel()  # the client went away: its rows leave at the next step
+            raise
+
+    async def caption(self, req: CaptionRequest) -> list[CaptionResult]:
+        self._model(req.model, kind="captioner")
+        raise NotReady("captioning is not available in this build")
+
+    async def caption_stream(self, req: CaptionRequest) -> AsyncIterator[CaptionEvent]:
+        self._model(req.model, kind="captioner")
+        raise NotReady("captioning is not available in this build")
+        yield  # pragma: no cover
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, list):
+        return tuple(_hashable(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
+    return v
+
+
+def _name_of(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1] or path

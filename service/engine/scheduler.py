@@ -1,0 +1,284 @@
+"""The engine loop on the worker thread: schedule → run → update, at layer granularity.
+
+    schedule: admit queued rows while fewer than `max_batch_size` are in flight; admitted rows
+              are embedded and form a new cohort at layer 0 (one per model and policy)
+    run:      every cohort advances one layer; cohorts of one model at the same layer are
+              merged into one batch for the step
+    update:   the policy decides per row; the last exit always fires; a latency budget forces
+              an exit when one more step would not fit; exited rows are answered at once and
+              leave their cohort, freeing room for queued rows at the next schedule
+
+So a batch never waits for its slowest sample, and waiting requests join between layers
+(layer-level continuous batching). Errors while stepping fail only the requests in that step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from models.base import Encoded
+from models.text_classifier import TextBatch
+from service.engine.cohort import Cohort, Row, results_for, run_group, update
+from service.engine.config import EngineConfig
+from service.engine.handles import RequestHandle, now
+from service.engine.served import ServedModel
+from service.protocol import DeadlineExceeded, InternalError, NotReady, Overloaded
+from service.stats import IterationStats, SampleStats, StatsSink
+
+log = logging.getLogger("eeserve.engine")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    handle: RequestHandle
+    start: int  # first row of the request in this chunk
+    stop: int
+
+
+class Scheduler:
+    def __init__(self, models: Mapping[str, ServedModel], cfg: EngineConfig, sink: StatsSink):
+        self.models = models
+        self.cfg = cfg
+        self.sink = sink
+        self.cond = threading.Condition()
+        self.pending: deque[RequestHandle] = deque()
+        self.pending_rows = 0
+        self.cohorts: list[Cohort] = []
+        self.row_cap = cfg.max_batch_size  # lowered after a CUDA out-of-memory error
+        self.closed = False  # no new requests
+        self.stopped = False  # the loop should end once idle (or at once when `abort`)
+        self.abort = False
+
+    # ---- called from the event loop ---------------------------------------------------------
+    def submit(self, h: RequestHandle) -> None:
+        with self.cond:
+            if self.closed:
+                raise NotReady("server is shutting down; not accepting new requests")
+            if self.pending_rows + h.size > self.cfg.queue_limit:
+                raise Overloaded(f"queue full: {self.pending_rows} texts waiting, limit "
+                                 f"{self.cfg.queue_limit} (queue_limit)", retry_after_s=1.0)
+            self.pending.append(h)
+            self.pending_rows += h.size
+            self.sink.set_queue_depth(self.pending_rows)
+            self.cond.notify()
+
+    def active_rows(self) -> int:
+        return sum(len(c) for c in self.cohorts)
+
+    def idle(self) -> bool:
+        with self.cond:
+            return not self.pending and not self.cohorts
+
+    # ---- the worker loop -----------------------------------------------------------------------
+    def run_forever(self) -> None:
+        while True:
+            chunks = self._schedule()
+            if chunks is None:
+                return
+            started = now()
+            self._admit(chunks)
+            self._run_round()
+            self._observe_round(now() - started)
+
+    def _schedule(self) -> list[Chunk] | None:
+        with self.cond:
+            while not self.cohorts and not self.pending:
+                if self.stopped or self.abort:
+                    return None
+                self.cond.wait(0.5)
+            if self.abort:
+                return None
+            if not self.cohorts:
+                self._batching_window()
+            chunks = self._take(self.cfg.max_batch_size - self.active_rows())
+            self.sink.set_queue_depth(self.pending_rows)
+        set_active = getattr(self.sink, "set_active_rows", None)
+        if set_active is not None:
+            set_active(self.active_rows() + sum(c.stop - c.start for c in chunks))
+        return chunks
+
+    def _batching_window(self) -> None:
+        """Idle engine: wait up to `max_queue_delay_ms` after the oldest arrival for a fuller
+        batch (caller holds the lock)."""
+        if self.cfg.max_queue_delay_ms <= 0 or not self.pending:
+            return
+        until = self.pending[0].arrival + self.cfg.max_queue_delay_ms / 1e3
+        while self.pending_rows < self.cfg.max_batch_size and not self.stopped:
+            left = until - now()
+            if left <= 0:
+                return
+            self.cond.wait(left)
+
+    def _take(self, free: int) -> list[Chunk]:
+        """Pop up to `free` rows from the queue (a large request may be split across rounds)."""
+        chunks: list[Chunk] = []
+        t = now()
+        while self.pending and free > 0:
+            h = self.pending[0]
+            if h.done or h.expired(t):
+                self.pending.popleft()
+                self.pending_rows -= h.pending_rows
+                if not h.done:
+                    h.fail(DeadlineExceeded(f"request {h.request_id} passed its deadline while "
+                                            "queued", "deadline_ms"))
+                continue
+            n = min(free, h.pending_rows)
+            chunks.append(Chunk(h, h.next_row, h.next_row + n))
+            h.next_row += n
+            h.queue_s = max(h.queue_s, t - h.arrival)
+            self.pending_rows -= n
+            free -= n
+            if h.pending_rows == 0:
+                self.pending.popleft()
+        return chunks
+
+    def _admit(self, chunks: list[Chunk]) -> None:
+        """Embed admitted rows and add one layer-0 cohort per (model, policy)."""
+        groups: dict[tuple[str, object], list[Chunk]] = defaultdict(list)
+        for c in chunks:
+            groups[(c.handle.model, c.handle.policy)].append(c)
+        for (model_name, _), group in groups.items():
+            served = self.models[model_name]
+            try:
+                self.cohorts.append(self._cohort(served, group))
+            except Exception as e:  # noqa: BLE001 -- fail these requests, keep serving
+                self._fail([c.handle for c in group], e)
+
+    def _cohort(self, served: ServedModel, group: list[Chunk]) -> Cohort:
+        t = now()
+        batches, rows = [], []
+        for c in group:
+            batches.append(served.model.embed(_slice(c.handle.encoded, c.start, c.stop)))
+            h = c.handle
+            for i in range(c.start, c.stop):
+                end = t + h.budget_s if h.budget_s is not None else None
+                rows.append(Row(h, i, t, end, [] if h.return_trace else None))
+        batch = batches[0] if len(batches) == 1 else TextBatch.concatenate(batches)
+        policy = group[0].handle.policy_obj
+        state = policy.init_state(len(rows), batch.hidden.device)
+        return Cohort(served.name, group[0].handle.policy.name, policy, batch, state, rows)
+
+    def _run_round(self) -> None:
+        groups: dict[tuple[str, int], list[Cohort]] = defaultdict(list)
+        for c in self.cohorts:
+            groups[(c.model, c.layer)].append(c)
+        survivors: list[Cohort] = []
+        for (model_name, _), cohorts in groups.items():
+            for part in _cap(cohorts, self.row_cap):
+                survivors.extend(self._step(self.models[model_name], part))
+        self.cohorts = survivors
+
+    def _step(self, served: ServedModel, cohorts: list[Cohort]) -> list[Cohort]:
+        t0 = now()
+        try:
+            outs = run_group(served.model, cohorts)
+        except torch.OutOfMemoryError:
+            return self._out_of_memory(cohorts)
+        except Exception as e:  # noqa: BLE001 -- fail only the requests in this step
+            self._fail([r.handle for c in cohorts for r in c.rows], e)
+            return []
+        rows = sum(len(c) for c in cohorts)
+        self.sink.record_iteration(IterationStats(served.name, rows, cohorts[0].layer + 1,
+                                                  now() - t0))
+        kept = []
+        for c, (logits, batch) in zip(cohorts, outs, strict=True):
+            try:
+                kept.extend(self._update(served, c, logits, batch))
+            except Exception as e:  # noqa: BLE001
+                self._fail([r.handle for r in c.rows], e)
+        return kept
+
+    def _update(self, served: ServedModel, c: Cohort, logits: torch.Tensor,
+                batch: TextBatch) -> list[Cohort]:
+        t = now()
+        out = update(c, logits, batch, served.num_exits, t, served.step_cost.seconds)
+        if out.exited:
+            results = results_for(out.exited, logits, c.rows, served.labels, served.num_exits, t)
+            for e, r in zip(out.exited, results, strict=True):
+                h = e.row.handle
+                h.compute_s = max(h.compute_s, r.compute_ms / 1e3)
+                h.set_row(e.row.index, r)
+                self.sink.record_sample(SampleStats(served.name, c.policy_name, e.layer,
+                                                    served.num_exits, e.budget_forced))
+        return [out.cohort] if out.cohort is not None else []
+
+    def _out_of_memory(self, cohorts: list[Cohort]) -> list[Cohort]:
+        """Halve the row cap and retry these cohorts, split, at the next round."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        rows = sum(len(c) for c in cohorts)
+        if rows <= 1:
+            self._fail([r.handle for c in cohorts for r in c.rows],
+                       InternalError("out of memory on a single row"))
+            return []
+        self.row_cap = max(1, min(self.row_cap, rows) // 2)
+        log.warning("out of memory at %d rows; row cap now %d", rows, self.row_cap)
+        return [part for c in cohorts for part in _split(c, self.row_cap)]
+
+    def _observe_round(self, seconds: float) -> None:
+        for name in {c.model for c in self.cohorts}:
+            self.models[name].step_cost.update(seconds)
+
+    def _fail(self, handles: list[RequestHandle], e: BaseException) -> None:
+        seen: set[int] = set()
+        for h in handles:
+            if id(h) in seen:
+                continue
+            seen.add(id(h))
+            log.error("step failed", extra={"request_id": h.request_id,
+                                            "error": f"{type(e).__name__}: {e}"})
+            h.fail(InternalError(f"internal error while running the model; quote request id "
+                                 f"{h.request_id}"))
+
+    # ---- shutdown -----------------------------------------------------------------------------
+    def drop_everything(self, reason: str) -> None:
+        """Fail every queued and in-flight request (end of the shutdown grace period)."""
+        with self.cond:
+            handles = list(self.pending) + [r.handle for c in self.cohorts for r in c.rows]
+            self.pending.clear()
+            self.pending_rows = 0
+            self.abort = True
+            self.cond.notify_all()
+        for h in handles:
+            h.fail(NotReady(reason))
+
+
+def _slice(enc: Encoded, start: int, stop: int) -> Encoded:
+    if start == 0 and stop == len(enc.lengths):
+        return enc
+    mask = enc.attention_mask[start:stop]  # (n, T)
+    t = max(enc.lengths[start:stop])
+    return Encoded(enc.input_ids[start:stop, :t], mask[:, :t], enc.lengths[start:stop],
+                   enc.truncated[start:stop])
+
+
+def _cap(cohorts: list[Cohort], cap: int) -> list[list[Cohort]]:
+    """Split a same-layer group into merged steps of at most `cap` rows (cohorts kept whole)."""
+    parts: list[list[Cohort]] = [[]]
+    size = 0
+    for c in cohorts:
+        if parts[-1] and size + len(c) > cap:
+            parts.append([])
+            size = 0
+        parts[-1].append(c)
+        size += len(c)
+    return parts
+
+
+def _split(c: Cohort, cap: int) -> list[Cohort]:
+    """A cohort cut into pieces of at most `cap` rows (same layer, same policy)."""
+    if len(c) <= cap:
+        return [c]
+    out = []
+    for start in range(0, len(c), cap):
+        keep = torch.zeros(len(c), dtype=torch.bool, device=c.batch.hidden.device)
+        keep[start:start + cap] = True
+        out.append(Cohort(c.model, c.policy_name, c.policy, c.batch.filter(keep),
+                          c.state.filter(keep), c.rows[start:start + cap]))
+    return out

@@ -1,0 +1,119 @@
+"""A loaded model as the engine serves it: weights, manifest, labels, policies and cost model."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.loading import LoadedModel
+from policies import ExitPolicy, PolicyError, build_policy
+from service.engine.handles import PolicyKey
+from service.protocol import BadRequest, ModelInfo
+
+POLICY_CACHE = 256  # distinct (policy, params) objects kept per model
+
+
+@dataclass
+class StepCost:
+    """Online estimate of the wall time one more layer step costs a row (EMA of measured steps).
+
+    Seeded from the manifest's profile (batch 1), then follows what the engine measures at the
+    current load, so a latency budget accounts for the batch the row is in.
+    """
+
+    seconds: float
+    alpha: float = 0.2
+    observed: int = 0
+
+    def update(self, measured_s: float) -> None:
+        self.seconds = measured_s if self.observed == 0 else (
+            (1 - self.alpha) * self.seconds + self.alpha * measured_s)
+        self.observed += 1
+
+
+@dataclass
+class ServedModel:
+    loaded: LoadedModel
+    default_policy: str
+    device: str
+    step_cost: StepCost
+    _policies: dict[PolicyKey, ExitPolicy] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    @property
+    def model(self) -> Any:
+        return self.loaded.model
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.loaded.manifest
+
+    @property
+    def num_exits(self) -> int:
+        return int(self.model.num_exits)
+
+    @property
+    def labels(self) -> list[str]:
+        labels = self.manifest.get("labels") or []
+        return [str(x) for x in labels]
+
+    def calibration(self, name: str) -> Mapping[str, Any] | None:
+        return (self.manifest.get("policies") or {}).get(name)
+
+    def policy(self, key: PolicyKey) -> ExitPolicy:
+        """The policy for `key`, built once and cached; BadRequest on bad names or params."""
+        with self._lock:
+            hit = self._policies.get(key)
+            if hit is not None:
+                return hit
+        try:
+            pol = build_policy(key.name, self.num_exits, dict(key.params),
+                               self.calibration(key.name))
+        except PolicyError as e:
+            field_name = "params" if key.params else "policy"
+            raise BadRequest(str(e), field_name) from None
+        if not pol.online:
+            raise BadRequest(f"policy {key.name!r} is offline only", "policy")
+        with self._lock:
+            if len(self._policies) >= POLICY_CACHE:
+                self._policies.pop(next(iter(self._policies)))
+            self._policies[key] = pol
+        return pol
+
+    def info(self) -> ModelInfo:
+        m = self.manifest
+        policies = {name: (cal or {}).get("params", {})
+                    for name, cal in (m.get("policies") or {}).items()}
+        latency = m.get("latency") or {}
+        details = {
+            "exit_accuracy": m.get("exit_accuracy"),
+            "backbone": m.get("backbone"),
+            "recipe": {k: v for k, v in (m.get("recipe") or {}).items() if k != "history"},
+            "operating_points": {name: (cal or {}).get("operating_point")
+                                 for name, cal in (m.get("policies") or {}).items()},
+            "live_step_ms": round(self.step_cost.seconds * 1e3, 4),
+            "latency_profile": {k: latency.get(k) for k in ("device", "machine", "seq_len",
+                                                            "embed_ms", "head_ms")},
+            "path": str(self.loaded.path),
+        }
+        return ModelInfo(name=self.name, kind=self.loaded.kind, ready=True,
+                         num_exits=self.num_exits, labels=self.labels,
+                         default_policy=self.default_policy, policies=policies,
+                         per_layer_ms=dict(latency.get("per_layer_ms") or {}),
+                         device=self.device, details=details)
+
+
+def seed_step_cost(manifest: Mapping[str, Any]) -> StepCost:
+    """Batch-1 layer + head time from the manifest's profile, or 5 ms when none was measured."""
+    lat = manifest.get("latency") or {}
+    layers = (lat.get("per_layer_ms") or {}).get("1")
+    head = float((lat.get("head_ms") or {}).get("1", 0.0) or 0.0)
+    if isinstance(layers, list) and layers:
+        return StepCost((sum(float(x) for x in layers) / len(layers) + head) / 1e3)
+    return StepCost(0.005)

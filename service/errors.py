@@ -1,0 +1,74 @@
+"""Uniform error answers: every route, v1 and OIP v2, answers errors with `ErrorBody` JSON.
+
+OIP clients (tritonclient, kserve) read the `error` key; people read `field` and `code`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.protocol import EngineError, Overloaded
+
+CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "bad_request",
+         413: "payload_too_large", 415: "bad_request", 422: "bad_request", 429: "overloaded",
+         500: "internal", 503: "not_ready", 504: "timeout"}
+
+
+def error_response(request: Request, status: int, message: str, field: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    rid = getattr(request.state, "request_id", None)
+    body = {"error": message, "code": CODES.get(status, "error"), "field": field,
+            "request_id": rid}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path") and not _is_tag(p)]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or "body"
+
+
+def _is_tag(part: Any) -> bool:
+    """Union-member tags pydantic puts in locations ('str', 'list[str]'): not request fields."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)
+
+
+def validation_message(exc: RequestValidationError) -> tuple[str, str]:
+    """(field, message) of the most specific validation error, in the request's own terms."""
+    errs = list(exc.errors()) or [{"loc": ("body",), "msg": "invalid request"}]
+    err = max(errs, key=lambda e: len([p for p in e.get("loc", ()) if not _is_tag(p)]))
+    field = _loc(tuple(err.get("loc", ())))
+    msg = str(err.get("msg", "invalid value"))
+    if err.get("type") == "json_invalid":
+        return "body", "body is not valid JSON"
+    if err.get("type") == "extra_forbidden":
+        return field, f"{field}: unknown field"
+    return field, f"{field}: {msg}"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(EngineError)
+    async def _engine_error(request: Request, exc: EngineError) -> JSONResponse:
+        headers = None
+        if isinstance(exc, Overloaded):
+            headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+        return error_response(request, exc.status, exc.message, exc.field, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        field, msg = validation_message(exc)
+        return error_response(request, 400, msg, field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        return error_response(request, exc.status_code, detail, None,
+                              dict(exc.headers) if exc.headers else None)

@@ -1,0 +1,146 @@
+"""Prometheus metrics from the engine's and the HTTP layer's stats records (service/stats.py).
+
+`PrometheusStatLogger` is the default `StatsSink`. Each instance owns a `CollectorRegistry`, so
+several apps (tests) never collide. The metric classes are class attributes (`_counter_cls`,
+`_histogram_cls`, `_gauge_cls`) and every metric is built through `_make`, so a backend that
+exports elsewhere (Ray) only swaps those. Metric names are a contract with the dashboards and
+alerts; they are listed in `METRIC_NAMES`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import prometheus_client as prom
+
+from service.protocol import ModelInfo
+from service.stats import CaptionStats, IterationStats, RequestStats, SampleStats
+
+CONTENT_TYPE = prom.CONTENT_TYPE_LATEST
+DEFAULT_MAX_LAYERS = 24
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0,
+                   2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+TOKEN_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
+
+METRIC_NAMES = (
+    "eeserve_requests_total", "eeserve_request_duration_seconds", "eeserve_queue_duration_seconds",
+    "eeserve_exit_layer", "eeserve_token_exit_layer", "eeserve_batch_size",
+    "eeserve_layers_computed_total", "eeserve_layers_saved_total",
+    "eeserve_budget_forced_exits_total", "eeserve_queue_depth", "eeserve_active_rows",
+    "eeserve_loaded_models", "eeserve_caption_time_to_first_token_seconds",
+    "eeserve_caption_time_per_token_seconds", "eeserve_caption_tokens",
+)
+# request statuses that reached the engine: their durations go into the latency histograms
+_TIMED_STATUSES = frozenset({"ok", "timeout"})
+
+
+def exit_layer_buckets(max_layers: int) -> tuple[float, ...]:
+    """0.5, 1.5, ..., max_layers + 0.5: one bucket per integer layer, exact sums under Ray."""
+    return tuple(k + 0.5 for k in range(max_layers + 1))
+
+
+class PrometheusStatLogger:
+    """A `StatsSink` writing the eeserve metrics into its own registry."""
+
+    _counter_cls: ClassVar[Any] = prom.Counter
+    _histogram_cls: ClassVar[Any] = prom.Histogram
+    _gauge_cls: ClassVar[Any] = prom.Gauge
+
+    def __init__(self, registry: prom.CollectorRegistry | None = None,
+                 max_layers: int = DEFAULT_MAX_LAYERS, process_metrics: bool = True):
+        self.registry = registry if registry is not None else prom.CollectorRegistry()
+        self.max_layers = max(1, int(max_layers))
+        self._kinds: dict[str, str] = {}  # model name -> kind, to route token samples
+        if process_metrics:
+            prom.ProcessCollector(registry=self.registry)
+        layers = exit_layer_buckets(self.max_layers)
+        self.requests = self._make(self._counter_cls, "eeserve_requests",
+                                   "Finished HTTP inference requests",
+                                   ("model", "policy", "endpoint", "status"))
+        self.request_duration = self._make(
+            self._histogram_cls, "eeserve_request_duration_seconds",
+            "Server time of ok and timed-out inference requests", ("model", "policy", "endpoint"),
+            buckets=LATENCY_BUCKETS)
+        self.queue_duration = self._make(self._histogram_cls, "eeserve_queue_duration_seconds",
+                                         "Time requests waited in the batcher queue", ("model",),
+                                         buckets=LATENCY_BUCKETS)
+        self.exit_layer = self._make(self._histogram_cls, "eeserve_exit_layer",
+                                     "Exit layer of each classified sample", ("model", "policy"),
+                                     buckets=layers)
+        self.token_exit_layer = self._make(self._histogram_cls, "eeserve_token_exit_layer",
+                                           "Exit layer of each generated caption token",
+                                           ("model", "policy"), buckets=layers)
+        self.batch_size = self._make(self._histogram_cls, "eeserve_batch_size",
+                                     "Rows per layer step", ("model",), buckets=BATCH_BUCKETS)
+        self.layers_computed = self._make(self._counter_cls, "eeserve_layers_computed",
+                                          "Row-layers computed (rows x layer steps)", ("model",))
+        self.layers_saved = self._make(self._counter_cls, "eeserve_layers_saved",
+                                       "Layers skipped by early exits", ("model", "policy"))
+        self.budget_forced = self._make(self._counter_cls, "eeserve_budget_forced_exits",
+                                        "Exits forced by a latency budget", ("model", "policy"))
+        self.queue_depth = self._make(self._gauge_cls, "eeserve_queue_depth",
+                                      "Rows waiting in the batcher queue", ())
+        self.active_rows = self._make(self._gauge_cls, "eeserve_active_rows",
+                                      "Rows being computed", ())
+        self.loaded_models = self._make(self._gauge_cls, "eeserve_loaded_models",
+                                        "Models loaded and ready", ())
+        self.caption_ttft = self._make(
+            self._histogram_cls, "eeserve_caption_time_to_first_token_seconds",
+            "Time to the first caption token", ("model",), buckets=LATENCY_BUCKETS)
+        self.caption_tpot = self._make(
+            self._histogram_cls, "eeserve_caption_time_per_token_seconds",
+            "Mean time per caption token after the first", ("model",), buckets=LATENCY_BUCKETS)
+        self.caption_tokens = self._make(self._histogram_cls, "eeserve_caption_tokens",
+                                         "Tokens per caption", ("model",), buckets=TOKEN_BUCKETS)
+
+    def _make(self, cls: Any, name: str, doc: str, labels: tuple[str, ...], **kw: Any) -> Any:
+        """Build one metric; subclasses for other backends override this or the classes."""
+        return cls(name, doc, labelnames=labels, registry=self.registry, **kw)
+
+    # ---- StatsSink ---------------------------------------------------------------------------
+    def record_iteration(self, s: IterationStats) -> None:
+        self.batch_size.labels(model=s.model).observe(s.batch_size)
+        self.layers_computed.labels(model=s.model).inc(s.batch_size)
+
+    def record_sample(self, s: SampleStats) -> None:
+        hist = self.token_exit_layer if self._kinds.get(s.model) == "captioner" else self.exit_layer
+        hist.labels(model=s.model, policy=s.policy).observe(s.exit_layer)
+        saved = max(0, s.num_layers - s.exit_layer)
+        if saved:
+            self.layers_saved.labels(model=s.model, policy=s.policy).inc(saved)
+        if s.budget_forced:
+            self.budget_forced.labels(model=s.model, policy=s.policy).inc()
+
+    def record_request(self, s: RequestStats) -> None:
+        self.requests.labels(model=s.model, policy=s.policy, endpoint=s.endpoint,
+                             status=s.status).inc()
+        if s.status in _TIMED_STATUSES:
+            self.request_duration.labels(model=s.model, policy=s.policy,
+                                         endpoint=s.endpoint).observe(s.total_seconds)
+            self.queue_duration.labels(model=s.model).observe(s.queue_seconds)
+
+    def record_caption(self, s: CaptionStats) -> None:
+        self.caption_ttft.labels(model=s.model).observe(s.time_to_first_token_seconds)
+        if s.tokens > 1:
+            self.caption_tpot.labels(model=s.model).observe(s.seconds_per_token)
+        self.caption_tokens.labels(model=s.model).observe(s.tokens)
+
+    def set_queue_depth(self, n: int) -> None:
+        self.queue_depth.set(n)
+
+    def set_loaded_models(self, n: int) -> None:
+        self.loaded_models.set(n)
+
+    # ---- extras used by the app ------------------------------------------------------------------
+    def set_active_rows(self, n: int) -> None:
+        self.active_rows.set(n)
+
+    def register_models(self, models: list[ModelInfo]) -> None:
+        """Remember each model's kind, so caption token samples go to the token histogram."""
+        for m in models:
+            self._kinds[m.name] = m.kind
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format (served at /metrics)."""
+        return prom.generate_latest(self.registry)

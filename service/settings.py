@@ -1,0 +1,97 @@
+"""Service configuration: one declarative `Settings` read from `EESERVE_*` environment variables.
+
+Every field can be set as `EESERVE_<FIELD>` (e.g. `EESERVE_MAX_BATCH_SIZE=32`,
+`EESERVE_MODELS=artifacts/a,artifacts/b`) or passed as a keyword (`eeserve serve` does that for
+its flags; keywords win over the environment). Torch-free: the HTTP layer reads it directly and
+the engine gets the subset it needs in the lifespan.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+Device = Literal["cpu", "cuda", "auto"]
+Dtype = Literal["float32", "float16", "bfloat16"]
+
+
+class Settings(BaseSettings):
+    """All knobs of one eeserve process. Limits are enforced by the HTTP layer before the
+    engine sees a request, except `max_image_pixels`, which needs the decoded image."""
+
+    model_config = SettingsConfigDict(env_prefix="EESERVE_", extra="ignore",
+                                      validate_default=True)
+
+    # ---- models and engine ------------------------------------------------------------------
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="artifact directories to serve (env: comma-separated); empty = the CLI "
+                    "picks the default model")
+    device: Device = "auto"
+    dtype: Dtype = "float32"
+    max_batch_size: int = Field(16, ge=1, le=4096, description="rows per engine step")
+    max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000,
+                                      description="how long the batcher waits to fill a batch")
+    queue_limit: int = Field(256, ge=1, description="queued rows before 429 Overloaded")
+    default_policy: str | None = Field(None, description="policy when a request names none; "
+                                                         "None = each model's own default")
+    torch_threads: int | None = Field(None, ge=1, le=1024)
+
+    # ---- network and security ----------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: SecretStr | None = Field(None, description="require `Authorization: Bearer <key>`")
+    open_health_and_metrics: bool = Field(True, description="health, metrics and docs need no key")
+
+    # ---- request limits ------------------------------------------------------------------------
+    max_body_bytes: int = Field(1 * MiB, ge=1024, description="JSON bodies (413 above)")
+    max_texts_per_request: int = Field(64, ge=1)
+    max_chars_per_text: int = Field(2000, ge=1)
+    long_text: Literal["truncate", "reject"] = Field(
+        "truncate", description="texts over the model's max tokens: cut them (the result says "
+                                "`truncated: true`) or answer 400")
+    max_images_per_request: int = Field(8, ge=1)
+    max_image_bytes: int = Field(5 * MiB, ge=1)
+    max_image_pixels: int = Field(16_000_000, ge=1)
+    max_caption_tokens: int = Field(32, ge=1)
+    request_timeout_ms: float = Field(30_000, gt=0, description="default (and largest) deadline")
+
+    # ---- lifecycle and logging -------------------------------------------------------------------
+    shutdown_grace_s: float = Field(10.0, ge=0)
+    log_json: bool = True
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @model_validator(mode="after")
+    def _finite(self) -> Settings:
+        for name in ("max_queue_delay_ms", "request_timeout_ms", "shutdown_grace_s"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite")
+        return self
+
+    @property
+    def max_caption_body_bytes(self) -> int:
+        """Body limit of caption requests: every image at its limit, base64-inflated, + slack."""
+        return self.max_images_per_request * self.max_image_bytes * 4 // 3 + 64 * 1024
+
+    def public_dict(self) -> dict[str, object]:
+        """The settings as JSON-able values with the API key hidden (for logs and /v2)."""
+        d = self.model_dump(mode="json")
+        d["api_key"] = "***" if self.api_key else None
+        return d
