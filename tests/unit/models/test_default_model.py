@@ -1,0 +1,39 @@
+"""Checks of the real default model; skipped when artifacts/text-default has not been built."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+DEFAULT = Path(os.environ.get("EESERVE_DEFAULT_MODEL_DIR", "artifacts/text-default"))
+pytestmark = [
+    pytest.mark.default_model,
+    pytest.mark.skipif(not (DEFAULT / "manifest.json").exists(),
+                       reason=f"default model not built at {DEFAULT} (run `make run` once)"),
+]
+
+
+def test_stepwise_logits_match_the_backbone_forward_to_1e5() -> None:
+    from models.loading import load_text_artifact
+
+    m = load_text_artifact(DEFAULT).model
+    texts = ["a gorgeous, witty, seductive movie.", "the plot is nothing but boilerplate",
+             "it's not a bad film , but it is n't a good one either ."]
+    enc = m.encode(texts)
+    with torch.no_grad():
+        full = m(enc.input_ids, enc.attention_mask)  # (B, 6, 2)
+    torch.testing.assert_close(m.all_exit_logits(enc), full, atol=1e-5, rtol=0)
+
+
+def test_held_out_accuracy_targets() -> None:
+    from models.artifact import load_exit_logits, read_manifest
+
+    man = read_manifest(DEFAULT)
+    test = load_exit_logits(DEFAULT, "test")
+    acc = (test.logits.argmax(-1) == test.labels[:, None]).float().mean(0)  # (K,)
+    assert acc[-1] >= 0.85, f"last-exit test accuracy {acc[-1]:.4f}"
+    assert acc[2] >= 0.83, f"exit-3 test accuracy {acc[2]:.4f}"
+    assert man["exit_accuracy"]["test"] == pytest.approx(acc.tolist())
