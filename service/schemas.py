@@ -264,6 +264,8 @@ class InferRequestBody(BaseModel):
     ]})
 
     id: str | None = None
+    model_name: str | None = Field(None, description="sent by some clients (kserve); ignored")
+    model_version: str | None = None
     parameters: OipParams = {}
     inputs: list[InferInputTensor] = Field(min_length=1)
     outputs: list[RequestedOutput] | None = None

@@ -14,3 +14,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         rel = Path(str(item.fspath)).relative_to(ROOT)
         if rel.parts and rel.parts[0] in ("unit", "integration", "e2e"):
             item.add_marker(getattr(pytest.mark, rel.parts[0]))
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained tiny-text artifact (3 exits, seconds to build), calibrated when possible."""
+    from models.recipes import BuildOptions, build
+
+    out = tmp_path_factory.mktemp("artifacts") / "tiny-text"
+    build("tiny-text", BuildOptions(out=out, device="cpu", progress=False))
+    try:
+        from policies.calibration import calibrate_artifact
+    except ImportError:  # pragma: no cover -- calibration lands with the policies
+        return out
+    calibrate_artifact(out)
+    return out

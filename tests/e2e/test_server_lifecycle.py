@@ -1,0 +1,88 @@
+"""A live server: graceful SIGTERM, a model that fails to load, metrics that promtool accepts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.server import Server, start_server
+
+TEXTS = ["a great film", "dull and boring", "wonderful acting", "awful"] * 4
+
+
+def test_sigterm_answers_every_accepted_request(tiny_artifact: Path, tmp_path: Path) -> None:
+    s = start_server([tiny_artifact], tmp_path / "log", None, "--max-batch-size", "2")
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def call() -> None:
+        try:
+            r = httpx.post(f"{s.url}/v1/classify", json={"inputs": TEXTS, "policy": "none"},
+                           timeout=60)
+            out = str(r.status_code)
+        except httpx.ConnectError:
+            out = "not-accepted"
+        except httpx.HTTPError as e:
+            out = f"lost:{type(e).__name__}"
+        with lock:
+            outcomes.append(out)
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    s.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(90)
+    code = s.stop()
+    # uvicorn re-raises the SIGTERM it handled once shutdown is complete
+    assert code in (0, -signal.SIGTERM), s.log.read_text()[-2000:]
+    assert "Application shutdown complete" in s.log.read_text()
+    assert len(outcomes) == 8
+    assert "200" in outcomes
+    assert all(o in ("200", "not-accepted", "503") for o in outcomes), outcomes
+
+
+def test_a_model_that_fails_to_load_keeps_readyz_at_503(tiny_artifact: Path,
+                                                         tmp_path: Path) -> None:
+    bad = tmp_path / "tampered"
+    shutil.copytree(tiny_artifact, bad)
+    man = json.loads((bad / "manifest.json").read_text())
+    man["name"] = "tampered"
+    (bad / "manifest.json").write_text(json.dumps(man))  # hashes no longer match
+    with (bad / "model.safetensors").open("r+b") as f:
+        f.seek(200)
+        f.write(b"\x00\x01\x02\x03")
+    s = start_server([tiny_artifact, bad], tmp_path / "log", wait_ready=False)
+    try:
+        for _ in range(300):
+            models = httpx.get(f"{s.url}/v1/models", timeout=5).json()["models"]
+            if len(models) == 2:
+                break
+            time.sleep(0.2)
+        assert httpx.get(f"{s.url}/readyz").status_code == 503
+        failed = [m for m in models if not m["ready"]]
+        assert len(failed) == 1 and failed[0]["error"]
+        ok = httpx.post(f"{s.url}/v1/classify", json={"inputs": "fine", "model": "tiny-text"})
+        assert ok.status_code == 503  # not ready: every configured model must load
+    finally:
+        s.stop()
+
+
+def test_metrics_pass_promtool(server: Server) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (scripts/ci_tools.sh installs it)")
+    httpx.post(f"{server.url}/v1/classify", json={"inputs": TEXTS[:3], "policy": "none"})
+    text = httpx.get(f"{server.url}/metrics").text
+    res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
