@@ -18,8 +18,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from service.oip import HEADER, RawRequest, decode_bytes, encode_tensor, flatten, shape_size, \
-    split_body
+from service.oip import (
+    HEADER,
+    RawRequest,
+    decode_bytes,
+    encode_tensor,
+    flatten,
+    shape_size,
+    split_body,
+)
 from service.protocol import (
     BadRequest,
     ClassifyRequest,
@@ -37,6 +44,7 @@ from service.schemas import (
     ReadyV2Out,
     ServerMetadata,
     TensorMetadata,
+    infer_body_schema,
 )
 from service.settings import Settings
 
@@ -99,7 +107,7 @@ async def model_ready(name: str, request: Request, version: str | None = None) -
     **{k: v for k, v in ERRORS.items() if k != 401},
     200: {"description": "JSON, or JSON header + binary tensors (binary tensor extension)"}},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-        "schema": InferRequestBody.model_json_schema()}}}})
+        "schema": {k: v for k, v in infer_body_schema().items() if k != "$defs"}}}}})
 @router.post("/models/{name}/versions/{version}/infer", include_in_schema=False,
              response_model=None)
 async def infer(name: str, request: Request, version: str | None = None) -> Response:

@@ -17,9 +17,9 @@ from service.settings import Settings
 POLICIES = ("beem", "eenet", "maxprob", "entropy", "patience", "static", "none")
 PolicyName = Literal["beem", "eenet", "maxprob", "entropy", "patience", "static", "none"]
 ParamValue = bool | int | float | str
+MIN_DEADLINE_MS = 50.0  # shorter deadlines cannot be met over HTTP; rejected as bad input
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
-_BUDGET = dict(gt=0, le=3_600_000, allow_inf_nan=False)
 
 
 # ---- errors and health ---------------------------------------------------------------------
@@ -63,10 +63,10 @@ class ClassifyBody(BaseModel):
     policy: PolicyName | None = Field(None, description="exit policy; default: the model's")
     params: dict[str, ParamValue] = Field(default_factory=dict,
                                           description="policy parameter overrides")
-    latency_budget_ms: float | None = Field(None, **_BUDGET,  # type: ignore[arg-type]
+    latency_budget_ms: float | None = Field(None, gt=0, le=3_600_000, allow_inf_nan=False,
                                             description="per-sample compute budget; forces "
                                                         "earlier exits")
-    deadline_ms: float | None = Field(None, **_BUDGET,  # type: ignore[arg-type]
+    deadline_ms: float | None = Field(None, ge=MIN_DEADLINE_MS, le=3_600_000, allow_inf_nan=False,
                                       description="give up (504) after this long; capped by "
                                                   "the server's request timeout")
     return_trace: bool = Field(False, description="include every exit the sample passed")
@@ -127,9 +127,9 @@ class CaptionBody(BaseModel):
     policy: PolicyName | None = None
     params: dict[str, ParamValue] = Field(default_factory=dict)
     max_tokens: int | None = Field(None, ge=1, le=4096)
-    latency_budget_ms: float | None = Field(None, **_BUDGET,  # type: ignore[arg-type]
+    latency_budget_ms: float | None = Field(None, gt=0, le=3_600_000, allow_inf_nan=False,
                                             description="per-token compute budget")
-    deadline_ms: float | None = Field(None, **_BUDGET)  # type: ignore[arg-type]
+    deadline_ms: float | None = Field(None, ge=MIN_DEADLINE_MS, le=3_600_000, allow_inf_nan=False)
     stream: bool = Field(False, description="answer with server-sent events: tokens, then the "
                                             "final result of each image")
 
@@ -288,9 +288,17 @@ class InferResponseBody(BaseModel):
 
 
 # ---- OpenAPI limits ------------------------------------------------------------------------------
+def infer_body_schema() -> dict[str, Any]:
+    """The OIP request body schema, its nested models referenced from components/schemas."""
+    return InferRequestBody.model_json_schema(ref_template="#/components/schemas/{model}")
+
+
 def apply_limits(openapi: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Write the configured size limits into the request schemas of an OpenAPI document."""
-    comps = openapi.get("components", {}).get("schemas", {})
+    """Write the configured size limits into the request schemas of an OpenAPI document (and
+    register the nested OIP models the infer route's hand-written body refers to)."""
+    comps = openapi.setdefault("components", {}).setdefault("schemas", {})
+    for name, sub in infer_body_schema().get("$defs", {}).items():
+        comps.setdefault(name, sub)
     classify = comps.get("ClassifyBody", {}).get("properties", {})
     if "inputs" in classify:
         text = {"type": "string", "minLength": 1, "maxLength": settings.max_chars_per_text}

@@ -66,7 +66,8 @@ class UpdateOutcome:
     dropped: int  # rows removed because their request failed, expired or was cancelled
 
 
-def run_group(model: torch.nn.Module, cohorts: list[Cohort]) -> list[tuple[torch.Tensor, TextBatch]]:
+def run_group(model: torch.nn.Module,
+              cohorts: list[Cohort]) -> list[tuple[torch.Tensor, TextBatch]]:
     """Step every cohort (same model, same layer) through the next layer as one batch.
 
     Returns per cohort the exit logits (B_i, C) and the advanced batch, rows in order.

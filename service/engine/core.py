@@ -138,12 +138,12 @@ class InProcessEngine:
                 if m.loaded.kind == kind:
                     return m
             raise UnknownModel(f"no {kind} model is loaded", "model")
-        m = self.served.get(name)
-        if m is None:
+        found = self.served.get(name)
+        if found is None:
             raise UnknownModel(f"unknown model {name!r}; loaded: {sorted(self.served)}", "model")
-        if m.loaded.kind != kind:
-            raise BadRequest(f"model {name!r} is a {m.loaded.kind}, not a {kind}", "model")
-        return m
+        if found.loaded.kind != kind:
+            raise BadRequest(f"model {name!r} is a {found.loaded.kind}, not a {kind}", "model")
+        return found
 
     async def classify(self, req: ClassifyRequest) -> list[ClassifyResult]:
         if self.scheduler is None:

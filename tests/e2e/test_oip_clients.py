@@ -55,7 +55,7 @@ def test_tritonclient_default_outputs_and_errors(server: Server) -> None:
 
 async def test_kserve_rest_client_v2(server: Server) -> None:
     kserve = pytest.importorskip("kserve")
-    from kserve import InferInput, InferRequest, InferenceRESTClient, RESTConfig
+    from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 
     client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=30))
     try:
