@@ -148,13 +148,21 @@ class MultiExitTextClassifier(nn.Module):
     def encode(self, texts: Sequence[str], max_length: int | None = None) -> Encoded:
         """Tokenise, cutting texts longer than `max_length` tokens (and saying which were cut)."""
         m = max_length or self.config.max_length
-        full = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
-        truncated = [len(ids) > m for ids in full]
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=m,
-                             return_tensors="pt")
-        mask = enc["attention_mask"]  # (B, T)
-        return Encoded(enc["input_ids"].to(self.device), mask.to(self.device),
-                       mask.sum(1).tolist(), truncated)
+        # one tokenizer pass at m + 1 tokens: a row that fills them was longer than m; it is
+        # then cut to m keeping its closing special token, as truncation=True would
+        ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=True,
+                             max_length=m + 1)["input_ids"]
+        truncated = [len(row) > m for row in ids]
+        ids = [row[:m - 1] + row[-1:] if cut else row for row, cut in zip(ids, truncated)]
+        lengths = [len(row) for row in ids]
+        t = max(lengths)
+        pad = self.tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(ids), t), pad, dtype=torch.long)  # (B, T)
+        mask = torch.zeros((len(ids), t), dtype=torch.long)  # (B, T)
+        for i, row in enumerate(ids):
+            input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, :len(row)] = 1
+        return Encoded(input_ids.to(self.device), mask.to(self.device), lengths, truncated)
 
     # ---- step API -----------------------------------------------------------------------
     @torch.inference_mode()

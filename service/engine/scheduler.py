@@ -54,6 +54,8 @@ class Scheduler:
         self.closed = False  # no new requests
         self.stopped = False  # the loop should end once idle (or at once when `abort`)
         self.abort = False
+        self.last_arrival: float | None = None
+        self.gap_ema_s = float("inf")  # smoothed time between request arrivals
 
     # ---- called from the event loop ---------------------------------------------------------
     def submit(self, h: RequestHandle) -> None:
@@ -65,8 +67,16 @@ class Scheduler:
                                  f"{self.cfg.queue_limit} (queue_limit)", retry_after_s=1.0)
             self.pending.append(h)
             self.pending_rows += h.size
+            self._note_arrival(h.arrival)
             self.sink.set_queue_depth(self.pending_rows)
             self.cond.notify()
+
+    def _note_arrival(self, t: float) -> None:
+        if self.last_arrival is not None:
+            gap = max(0.0, t - self.last_arrival)
+            self.gap_ema_s = gap if self.gap_ema_s == float("inf") else \
+                0.8 * self.gap_ema_s + 0.2 * gap
+        self.last_arrival = t
 
     def active_rows(self) -> int:
         return sum(len(c) for c in self.cohorts)
@@ -105,10 +115,12 @@ class Scheduler:
 
     def _batching_window(self) -> None:
         """Idle engine: wait up to `max_queue_delay_ms` after the oldest arrival for a fuller
-        batch (caller holds the lock)."""
-        if self.cfg.max_queue_delay_ms <= 0 or not self.pending:
+        batch (caller holds the lock) -- but only when requests have recently been arriving
+        faster than that window, so a lone client never pays the delay."""
+        window = self.cfg.max_queue_delay_ms / 1e3
+        if window <= 0 or not self.pending or self.gap_ema_s > window:
             return
-        until = self.pending[0].arrival + self.cfg.max_queue_delay_ms / 1e3
+        until = self.pending[0].arrival + window
         while self.pending_rows < self.cfg.max_batch_size and not self.stopped:
             left = until - now()
             if left <= 0:

@@ -69,3 +69,19 @@ def test_encode_reports_truncation() -> None:
     enc = m.encode(["great " * 100, "great"], max_length=16)
     assert enc.truncated == [True, False]
     assert enc.input_ids.shape[1] == 16
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_encode_matches_tokenizer_truncation_and_flags_cut_texts(family: str) -> None:
+    tok = tiny_tokenizer()
+    m = MultiExitTextClassifier.from_config(
+        tiny_backbone_config(family, vocab_size=len(tok)), tok,
+        TextClassifierConfig(num_labels=2, max_length=8))
+    texts = ["a", "the movie was great and fun to watch", "one two three four five six", "x y"]
+    enc = m.encode(texts)
+    ref = tok(texts, padding=True, truncation=True, max_length=8, return_tensors="pt")
+    assert torch.equal(enc.input_ids, ref["input_ids"])
+    assert torch.equal(enc.attention_mask, ref["attention_mask"])
+    full = [len(ids) for ids in tok(texts)["input_ids"]]
+    assert enc.truncated == [n > 8 for n in full] and any(enc.truncated)
+    assert enc.lengths == ref["attention_mask"].sum(1).tolist()
