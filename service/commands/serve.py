@@ -72,5 +72,5 @@ def run(args: argparse.Namespace) -> int:
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_config=logging_config(settings.log_json, settings.log_level),
                 timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
-                access_log=False)
+                access_log=False, timeout_keep_alive=75)  # > clients' pool expiry (httpx 5 s)
     return 0

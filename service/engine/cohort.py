@@ -114,7 +114,10 @@ def update(cohort: Cohort, logits: torch.Tensor, batch: TextBatch, num_exits: in
             exited.append(Exited(row, k, int(pred), forced))
         keep.append(not (leaves or forced))
     survivors = None
-    if any(keep):
+    if all(keep):  # nobody left: no copies, the layer mask stays cached
+        survivors = Cohort(cohort.model, cohort.policy_name, cohort.policy, batch, d.state,
+                           cohort.rows)
+    elif any(keep):
         mask = torch.tensor(keep, dtype=torch.bool, device=logits.device)  # (B,)
         rows = [r for r, kp in zip(cohort.rows, keep, strict=True) if kp]
         survivors = Cohort(cohort.model, cohort.policy_name, cohort.policy, batch.filter(mask),

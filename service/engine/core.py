@@ -155,8 +155,14 @@ class InProcessEngine:
         if not req.texts:
             raise BadRequest("inputs must hold at least one text", "inputs")
         arrival = now()
-        enc = await asyncio.to_thread(served.model.encode, req.texts)
+        self.scheduler.reserve(len(req.texts))  # Overloaded before any work is done
+        try:
+            enc = await asyncio.to_thread(served.model.encode, req.texts)
+        except BaseException:
+            self.scheduler.release(len(req.texts))
+            raise
         if self.cfg.long_text == "reject" and any(enc.truncated):
+            self.scheduler.release(len(req.texts))
             i = enc.truncated.index(True)
             raise BadRequest(f"inputs[{i}] is longer than the model's "
                              f"{served.model.config.max_length} tokens (long_text=reject)",

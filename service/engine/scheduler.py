@@ -49,6 +49,7 @@ class Scheduler:
         self.cond = threading.Condition()
         self.pending: deque[RequestHandle] = deque()
         self.pending_rows = 0
+        self.reserved_rows = 0  # rows of requests being tokenised, counted against the limit
         self.cohorts: list[Cohort] = []
         self.row_cap = cfg.max_batch_size  # lowered after a CUDA out-of-memory error
         self.closed = False  # no new requests
@@ -58,13 +59,28 @@ class Scheduler:
         self.gap_ema_s = float("inf")  # smoothed time between request arrivals
 
     # ---- called from the event loop ---------------------------------------------------------
-    def submit(self, h: RequestHandle) -> None:
+    def reserve(self, rows: int) -> None:
+        """Claim queue room before tokenising, so overload is refused before any work."""
         with self.cond:
             if self.closed:
                 raise NotReady("server is shutting down; not accepting new requests")
-            if self.pending_rows + h.size > self.cfg.queue_limit:
-                raise Overloaded(f"queue full: {self.pending_rows} texts waiting, limit "
+            waiting = self.pending_rows + self.reserved_rows
+            if waiting + rows > self.cfg.queue_limit:
+                raise Overloaded(f"queue full: {waiting} texts waiting, limit "
                                  f"{self.cfg.queue_limit} (queue_limit)", retry_after_s=1.0)
+            self.reserved_rows += rows
+
+    def release(self, rows: int) -> None:
+        """Give back a reservation (after `submit`, or when the request failed before it)."""
+        with self.cond:
+            self.reserved_rows -= rows
+
+    def submit(self, h: RequestHandle) -> None:
+        """Queue a request whose rows were reserved (the reservation passes to the queue)."""
+        with self.cond:
+            self.reserved_rows -= h.size
+            if self.closed:
+                raise NotReady("server is shutting down; not accepting new requests")
             self.pending.append(h)
             self.pending_rows += h.size
             self._note_arrival(h.arrival)

@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""Overload a live eeserve: open-loop Poisson arrivals at a multiple of its measured capacity.
+
+1. capacity: closed loop with `--concurrency` clients for `--probe-s` seconds -> req/s;
+2. overload: Poisson arrivals at `--factor` x capacity for `--duration-s` seconds;
+3. recovery: idle `--settle-s` seconds, then read resident memory again.
+
+Every request must end as 2xx, 429 (with Retry-After) or 504 -- none lost or hung (a client
+timeout of `--client-timeout-s` counts as hung). Memory comes from the server's own
+`process_resident_memory_bytes` metric. Loopback only.
+
+    python scripts/overload.py http://127.0.0.1:8000 --factor 4 --duration-s 60 \
+        --json docs/figures/overload.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+
+SENTENCES = ["a gorgeous, witty, seductive movie.", "the plot is nothing but boilerplate",
+             "an admirable but ultimately dull effort", "funny, touching and smart",
+             "i walked out halfway", "a rare film that earns its tears"]
+
+
+async def rss_mb(client: httpx.AsyncClient, url: str) -> float:
+    text = (await client.get(f"{url}/metrics")).text
+    for line in text.splitlines():
+        if line.startswith("process_resident_memory_bytes"):
+            return float(line.split()[-1]) / 2**20
+    return float("nan")
+
+
+async def one(client: httpx.AsyncClient, url: str, body: dict[str, Any],
+              timeout: float) -> tuple[str, float, bool]:
+    t0 = time.perf_counter()
+    try:
+        r = await client.post(f"{url}/v1/classify", json=body, timeout=timeout)
+        status = str(r.status_code)
+        retry_ok = r.status_code != 429 or "retry-after" in r.headers
+    except httpx.TimeoutException:
+        status, retry_ok = "hung", True
+    except httpx.HTTPError as e:
+        status, retry_ok = f"lost:{type(e).__name__}", True
+    return status, (time.perf_counter() - t0) * 1e3, retry_ok
+
+
+async def capacity(client: httpx.AsyncClient, url: str, policy: str, conc: int,
+                   seconds: float) -> float:
+    end = time.perf_counter() + seconds
+    done = 0
+
+    async def worker(i: int) -> None:
+        nonlocal done
+        while time.perf_counter() < end:
+            s, _, _ = await one(client, url, {"inputs": SENTENCES[i % 6], "policy": policy}, 30)
+            done += s == "200"
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(conc)))
+    return done / (time.perf_counter() - t0)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=4096, max_keepalive_connections=256)
+    async with httpx.AsyncClient(limits=limits) as client:
+        rss0 = await rss_mb(client, args.url)
+        cap = await capacity(client, args.url, args.policy, args.concurrency, args.probe_s)
+        rate = cap * args.factor
+        rng = random.Random(0)
+        tasks: list[asyncio.Task[tuple[str, float, bool]]] = []
+        t0 = time.perf_counter()
+        next_t = t0
+        i = 0
+        while next_t - t0 < args.duration_s:
+            await asyncio.sleep(max(0.0, next_t - time.perf_counter()))
+            body = {"inputs": SENTENCES[i % 6], "policy": args.policy}
+            tasks.append(asyncio.create_task(one(client, args.url, body,
+                                                 args.client_timeout_s)))
+            i += 1
+            next_t += rng.expovariate(rate)
+        outcomes = await asyncio.gather(*tasks)
+        wall = time.perf_counter() - t0
+        rss_peak = await rss_mb(client, args.url)
+        await asyncio.sleep(args.settle_s)
+        rss1 = await rss_mb(client, args.url)
+    counts = Counter(s for s, _, _ in outcomes)
+    ok_lat = [ms for s, ms, _ in outcomes if s == "200"]
+    bad = {s: n for s, n in counts.items() if s not in ("200", "429", "504")}
+    return {
+        "url": args.url, "policy": args.policy, "capacity_rps": round(cap, 2),
+        "factor": args.factor, "offered_rps": round(rate, 2), "sent": len(outcomes),
+        "wall_s": round(wall, 2), "statuses": dict(counts), "lost_or_hung": sum(bad.values()),
+        "429_without_retry_after": sum(1 for s, _, ok in outcomes if not ok),
+        "goodput_rps": round(counts.get("200", 0) / wall, 2),
+        "ok_p50_ms": round(statistics.median(ok_lat), 2) if ok_lat else None,
+        "ok_p99_ms": round(statistics.quantiles(ok_lat, n=100)[98], 2)
+        if len(ok_lat) >= 100 else None,
+        "rss_mb_before": round(rss0, 1), "rss_mb_after_load": round(rss_peak, 1),
+        "rss_mb_after_settle": round(rss1, 1),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("url")
+    ap.add_argument("--policy", default="beem")
+    ap.add_argument("--factor", type=float, default=4.0)
+    ap.add_argument("--duration-s", type=float, default=60.0)
+    ap.add_argument("--probe-s", type=float, default=10.0)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--client-timeout-s", type=float, default=60.0)
+    ap.add_argument("--settle-s", type=float, default=10.0)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    if urlparse(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        print("overload: error: only loopback URLs are allowed", file=sys.stderr)
+        return 2
+    report = asyncio.run(run(args))
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0 if report["lost_or_hung"] == 0 and report["429_without_retry_after"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
