@@ -44,6 +44,7 @@ class TextBatch:
     layer: int  # encoder layers already applied (0 = embeddings only)
     _layer_mask: Any = field(default=None, repr=False)  # cached attention mask for the layers
     _mask_ready: bool = field(default=False, repr=False)
+    _pool: Any = field(default=None, repr=False)  # cached (B, 1, T) mean-pooling weights
 
     def __len__(self) -> int:
         return int(self.hidden.shape[0])
@@ -80,6 +81,11 @@ class ExitHead(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.dense = nn.Linear(hidden, inner)
         self.out = nn.Linear(inner, num_labels)
+
+    def pooled_logits(self, hidden: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+        """Inference path: mean pooling as one batched matmul with precomputed weights."""
+        pooled = torch.bmm(pool, hidden).squeeze(1)  # (B, H)
+        return self.out(torch.tanh(self.dense(pooled)))  # (B, C)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
@@ -176,7 +182,7 @@ class MultiExitTextClassifier(nn.Module):
         if batch.layer != k - 1:
             raise ValueError(f"batch is at layer {batch.layer}, cannot run layer {k}")
         hidden = self._layer(batch, k - 1)  # (B, T, H)
-        logits = self.heads[k - 1](hidden, batch.attention_mask)  # (B, C)
+        logits = self.heads[k - 1].pooled_logits(hidden, self._pool(batch))  # (B, C)
         nxt = replace(batch, hidden=hidden, layer=k)
         return StepOutput(logits=logits, batch=nxt)
 
@@ -190,6 +196,12 @@ class MultiExitTextClassifier(nn.Module):
                 attention_mask=batch.attention_mask)
             batch._mask_ready = True
         return batch._layer_mask
+
+    def _pool(self, batch: TextBatch) -> torch.Tensor:
+        if batch._pool is None:
+            m = batch.attention_mask.to(batch.hidden.dtype)  # (B, T)
+            batch._pool = (m / m.sum(1, keepdim=True).clamp(min=1.0)).unsqueeze(1)  # (B, 1, T)
+        return batch._pool  # type: ignore[no-any-return]
 
     def _layer(self, batch: TextBatch, i: int) -> torch.Tensor:
         mask = self._mask(batch)
