@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar, TypeVar
 
@@ -100,8 +100,11 @@ class ExitPolicy(ABC):
         """Raise PolicyError on a bad exit number, shape or non-finite logits."""
         if not 1 <= k <= self.num_exits:
             raise PolicyError(f"exit k={k} out of range 1..{self.num_exits}")
-        if logits.dim() != 2:
-            raise PolicyError(f"logits must be (B, C), got shape {tuple(logits.shape)}")
+        if logits.dim() != 2 or logits.shape[1] < 1:
+            raise PolicyError(f"logits must be (B, C) with C >= 1, got shape "
+                              f"{tuple(logits.shape)}")
+        if not logits.is_floating_point():
+            raise PolicyError(f"logits must be floating point, got {logits.dtype}")
         if batch_size is not None and logits.shape[0] != batch_size:
             raise PolicyError(f"logits have {logits.shape[0]} rows, state has {batch_size}")
         if not bool(torch.isfinite(logits).all()):
@@ -155,3 +158,83 @@ def build_policy(name: str, num_exits: int, params: Mapping[str, Any] | None = N
     if name not in REGISTRY:
         raise PolicyError(f"unknown policy {name!r}; known: {sorted(REGISTRY)}")
     return REGISTRY[name](num_exits, dict(params or {}), calibration)
+
+
+# ---- shared helpers for the built-in policies (additive) ----------------------------------------
+def merge_params(policy: str, params: Mapping[str, Any], calibration: Mapping[str, Any] | None,
+                 allowed: set[str]) -> dict[str, Any]:
+    """Calibrated parameters overridden by request parameters; unknown request keys are errors.
+
+    Keys in the calibration that a newer policy no longer knows are dropped silently (the
+    manifest may have been written by another version); the request must be exact.
+    """
+    unknown = set(params) - allowed
+    if unknown:
+        raise PolicyError(f"{policy}: unknown parameter(s) {sorted(unknown)}; "
+                          f"known: {sorted(allowed)}")
+    fitted = (calibration or {}).get("params", {}) or {}
+    if not isinstance(fitted, Mapping):
+        raise PolicyError(f"{policy}: calibration params must be a mapping")
+    return {**{k: v for k, v in fitted.items() if k in allowed}, **params}
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """One of `choices`, else PolicyError naming the parameter and the allowed values."""
+    if not isinstance(value, str) or value not in choices:
+        raise PolicyError(f"{name}={value!r} unknown; choose one of {list(choices)}")
+    return value
+
+
+def check_int(name: str, value: Any, lo: int, hi: int) -> int:
+    """An integer (or integral float) within [lo, hi], else PolicyError."""
+    v = check_number(name, value, lo, hi)
+    if v != int(v):
+        raise PolicyError(f"{name} must be an integer, got {value!r}")
+    return int(v)
+
+
+def check_thresholds(name: str, values: Any, num_exits: int, lo: float = -math.inf,
+                     hi: float = math.inf) -> list[float | None]:
+    """A list of `num_exits` thresholds; `None` (JSON null) means "never exit here"."""
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+        raise PolicyError(f"{name} must be a list of {num_exits} numbers, got {values!r}")
+    if len(values) != num_exits:
+        raise PolicyError(f"{name} needs {num_exits} values (one per exit), got {len(values)}")
+    return [None if v is None else check_number(f"{name}[{i}]", v, lo, hi)
+            for i, v in enumerate(values)]
+
+
+def thresholds_from(policy: str, merged: Mapping[str, Any], request: Mapping[str, Any],
+                    num_exits: int, default: float, lo: float = -math.inf,
+                    hi: float = math.inf) -> list[float | None]:
+    """Per-exit thresholds from `threshold` (one global value) or `thresholds` (a list).
+
+    A request's `threshold` beats a calibrated `thresholds` list; otherwise the merged list wins,
+    then a merged global value, then `default`.
+    """
+    if "threshold" in request or ("thresholds" not in merged and "threshold" in merged):
+        t = check_number(f"{policy}: threshold", merged["threshold"], lo, hi)
+        return [t] * num_exits
+    if "thresholds" in merged:
+        return check_thresholds(f"{policy}: thresholds", merged["thresholds"], num_exits, lo, hi)
+    return [default] * num_exits
+
+
+def threshold_value(t: float | None) -> float:
+    """A stored threshold as a float: None (never exit) becomes +inf."""
+    return math.inf if t is None else float(t)
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Row-wise softmax in float64 (row results do not depend on the batch they are in)."""
+    return torch.softmax(logits.double(), dim=-1)  # (B, C)
+
+
+def normalised_entropy_confidence(probs: torch.Tensor) -> torch.Tensor:
+    """1 - H(p)/log C in [0, 1] for (B, C) probabilities; 1 for C == 1."""
+    c = probs.shape[-1]
+    if c < 2:
+        return torch.ones(probs.shape[0], dtype=probs.dtype, device=probs.device)
+    plogp = torch.where(probs > 0, probs * probs.clamp_min(1e-300).log(),
+                        torch.zeros_like(probs))  # (B, C)
+    return (1.0 + plogp.sum(dim=-1) / math.log(c)).clamp(0.0, 1.0)  # (B,)

@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from service import __version__, errors, routes_v1, routes_v2
+from service import __version__, errors, routes_caption, routes_v1, routes_v2
 from service.metrics import PrometheusStatLogger
 from service.protocol import EngineClient
 from service.schemas import apply_limits
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
     errors.install(app)
     app.include_router(routes_v1.router)
     app.include_router(routes_v2.router)
+    app.include_router(routes_caption.router)
     _middleware(app, settings, sink)
     _openapi_with_limits(app, settings)
     return app

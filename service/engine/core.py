@@ -18,6 +18,8 @@ from typing import Any
 import torch
 
 from models.loading import load_artifact, resolve_device
+from service.engine.captioning import CaptionHandle, CaptionRunner, decode_images
+from service.engine.captioning import warm_up as warm_up_captioner
 from service.engine.config import EngineConfig
 from service.engine.handles import PolicyKey, RequestHandle, now
 from service.engine.scheduler import Scheduler
@@ -30,6 +32,7 @@ from service.protocol import (
     ClassifyRequest,
     ClassifyResult,
     DeadlineExceeded,
+    EngineError,
     EngineStatus,
     ModelInfo,
     NotReady,
@@ -51,6 +54,8 @@ class InProcessEngine:
         self.scheduler: Scheduler | None = None
         self._thread: threading.Thread | None = None
         self._ready = False
+        self.captions: CaptionRunner | None = None  # worker for captioner models, when loaded
+        self._caption_thread: threading.Thread | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -58,6 +63,12 @@ class InProcessEngine:
         self.scheduler = Scheduler(self.served, self.cfg, self.sink)
         self._thread = threading.Thread(target=self._worker, name="eeserve-engine", daemon=True)
         self._thread.start()
+        if any(m.loaded.kind == "captioner" for m in self.served.values()):
+            self.captions = CaptionRunner(self.cfg.max_batch_size, self.cfg.queue_limit,
+                                          self.sink)
+            self._caption_thread = threading.Thread(target=self._caption_worker,
+                                                    name="eeserve-captions", daemon=True)
+            self._caption_thread.start()
         self.sink.set_loaded_models(len(self.served))
         self._ready = bool(self.served) and not self.failed
 
@@ -87,6 +98,9 @@ class InProcessEngine:
                                             "seconds": round(time.perf_counter() - t0, 3)})
 
     def _warm_up(self, served: ServedModel) -> None:
+        if served.loaded.kind == "captioner":
+            warm_up_captioner(served.model)
+            return
         enc = served.model.encode(["warm up the engine"])
         served.model.all_exit_logits(enc)
 
@@ -96,9 +110,30 @@ class InProcessEngine:
         with torch.inference_mode():
             self.scheduler.run_forever()
 
+    def _caption_worker(self) -> None:
+        assert self.captions is not None
+        torch.set_grad_enabled(False)
+        with torch.inference_mode():
+            self.captions.run_forever()
+
+    async def _shutdown_captions(self, grace_s: float) -> None:
+        runner = self.captions
+        if runner is None:
+            return
+        runner.close()
+        end = time.monotonic() + grace_s
+        while not runner.idle() and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        if not runner.idle():
+            runner.drop_everything("server shut down before the caption finished")
+        runner.stop()
+        if self._caption_thread is not None:
+            await asyncio.to_thread(self._caption_thread.join, 5.0)
+
     async def shutdown(self, grace_s: float = 10.0) -> None:
         """Stop accepting, let queued and in-flight rows finish within `grace_s`, then stop."""
         self._ready = False
+        await self._shutdown_captions(grace_s)
         sched = self.scheduler
         if sched is None:
             return
@@ -126,9 +161,11 @@ class InProcessEngine:
         return infos
 
     def status(self) -> EngineStatus:
-        s = self.scheduler
-        return EngineStatus(queue_depth=s.pending_rows if s else 0,
-                            active_rows=s.active_rows() if s else 0,
+        s, c = self.scheduler, self.captions
+        return EngineStatus(queue_depth=(s.pending_rows if s else 0) +
+                            (c.pending_rows if c else 0),
+                            active_rows=(s.active_rows() if s else 0) +
+                            (c.active_rows() if c else 0),
                             loaded_models=len(self.served))
 
     # ---- requests -------------------------------------------------------------------------------
@@ -189,13 +226,61 @@ class InProcessEngine:
             raise
 
     async def caption(self, req: CaptionRequest) -> list[CaptionResult]:
-        self._model(req.model, kind="captioner")
-        raise NotReady("captioning is not available in this build")
+        results: list[CaptionResult | None] = [None] * len(req.images)
+        async for ev in self._caption_events(req, stream_tokens=False):
+            if ev.result is not None:
+                results[ev.index] = ev.result
+        return [r for r in results if r is not None]
 
     async def caption_stream(self, req: CaptionRequest) -> AsyncIterator[CaptionEvent]:
-        self._model(req.model, kind="captioner")
-        raise NotReady("captioning is not available in this build")
-        yield  # pragma: no cover
+        async for ev in self._caption_events(req, stream_tokens=True):
+            yield ev
+
+    async def _caption_events(self, req: CaptionRequest,
+                              stream_tokens: bool) -> AsyncIterator[CaptionEvent]:
+        """Validate, decode the images off the loop, queue, then relay the worker's events."""
+        served = self._model(req.model, kind="captioner")
+        if self.captions is None:
+            raise NotReady("engine not started")
+        key = PolicyKey(req.policy or served.default_policy,
+                        tuple(sorted((k, _hashable(v)) for k, v in req.params.items())))
+        policy = served.policy(key)  # BadRequest on unknown policy or bad params
+        if not req.images:
+            raise BadRequest("images must hold at least one image", "images")
+        cap = min(served.model.config.max_tokens, served.model.max_positions)
+        if req.max_tokens is not None and not 1 <= req.max_tokens <= served.model.max_positions:
+            raise BadRequest(f"max_tokens={req.max_tokens} out of range 1.."
+                             f"{served.model.max_positions} for this model", "max_tokens")
+        max_tokens = req.max_tokens or cap
+        arrival = now()
+        pixels = await asyncio.to_thread(decode_images, req.images, served.model.config.image)
+        timeout_ms = min(req.deadline_ms or self.cfg.request_timeout_ms,
+                         self.cfg.request_timeout_ms)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Any] = asyncio.Queue()
+        handle = CaptionHandle(
+            served=served, policy=key, policy_obj=policy, pixels=pixels, max_tokens=max_tokens,
+            events=events, loop=loop, request_id=req.request_id, arrival=arrival,
+            deadline=arrival + timeout_ms / 1e3,
+            budget_s=req.latency_budget_ms / 1e3 if req.latency_budget_ms else None,
+            stream_tokens=stream_tokens)
+        self.captions.submit(handle)
+        left = handle.size
+        end = loop.time() + timeout_ms / 1e3 + 1.0
+        try:
+            while left:
+                try:
+                    item = await asyncio.wait_for(events.get(), max(0.0, end - loop.time()))
+                except TimeoutError:
+                    raise DeadlineExceeded(f"no answer within {timeout_ms:.0f} ms",
+                                           "deadline_ms") from None
+                if isinstance(item, EngineError):
+                    raise item
+                if item.result is not None:
+                    left -= 1
+                yield item
+        finally:
+            handle.cancel()  # finished, failed or the client went away: rows leave
 
 
 def _hashable(v: Any) -> Any:

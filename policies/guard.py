@@ -1,0 +1,158 @@
+"""Statistical guards for calibration: exact binomial (Clopper-Pearson) upper bounds.
+
+A threshold fitted on validation as a point estimate ("the exited rows erred no more than the last
+exit did") overfits: it picks the luckiest subset. The guards below accept a subset only when an
+upper confidence bound meets the target, at a stated one-sided confidence gamma.
+
+* `cp_upper(x, n, gamma)`: one-sided Clopper-Pearson upper bound on a binomial proportion, i.e. the
+  p solving P(Bin(n, p) <= x) = 1 - gamma (the Beta(x+1, n-x) quantile at gamma).
+* `cp_upper_at_most(x, n, bound, gamma)`: cp_upper <= bound without the bisection, because the
+  binomial CDF falls with p: cp_upper <= b  <=>  P(Bin(n, b) <= x) <= 1 - gamma.
+* `loss_upper` / `loss_within`: paired accuracy loss against the last exit on the same n rows.
+  The errors both make cancel; what is left is `lost` (rows only the last exit gets right) minus
+  `gained` (rows only the policy gets right), loss = (lost - gained) / n. The bound puts the
+  Clopper-Pearson upper bound on the lost rate among the rows that left early (only those can be
+  lost) and credits the gained rows as observed: (e cp_upper(lost, e, gamma) - gained) / n.
+  (The exact conditional McNemar bound was tried first: it conditions on lost + gained, so with
+  gained = 0 it equals the point estimate and guards nothing.)
+
+Everything is vectorised over tensors of counts (float64), no scipy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from policies.base import PolicyError, check_number
+
+_CELLS = 4_000_000  # rows x (max count + 1) cells evaluated at once
+
+
+def check_confidence(confidence: float) -> float:
+    """A one-sided confidence in [0.5, 1)."""
+    return check_number("confidence", confidence, 0.5, 1.0 - 1e-12)
+
+
+def _as64(v: torch.Tensor | float | int) -> torch.Tensor:
+    return torch.as_tensor(v, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class _Terms:
+    """The p-free part of log P(Bin(n, p) = j) for j = 0..J, rows of (x, n) with 0 <= x < n."""
+
+    log_choose: torch.Tensor  # (m, J) log C(n, j), -inf where j > x
+    j: torch.Tensor  # (m, J) j clamped to n
+    n: torch.Tensor  # (m, 1)
+
+    def cdf(self, p: torch.Tensor) -> torch.Tensor:
+        """P(Bin(n, p) <= x) for (m,) probabilities p."""
+        pc = p.unsqueeze(1)  # (m, 1)
+        log_pmf = self.log_choose + torch.xlogy(self.j, pc) + torch.xlogy(self.n - self.j, 1 - pc)
+        return torch.logsumexp(log_pmf, dim=1).exp().clamp(0.0, 1.0)  # (m,)
+
+
+def _terms(x: torch.Tensor, n: torch.Tensor) -> Iterator[tuple[torch.Tensor, _Terms]]:
+    """(row indices, terms) for the rows with 0 <= x < n, in chunks of bounded size."""
+    idx = ((x >= 0) & (x < n)).nonzero().squeeze(1)
+    if len(idx) == 0:
+        return
+    top = int(x[idx].max())
+    j = torch.arange(top + 1, dtype=torch.float64)  # (J,)
+    chunk = max(1, _CELLS // (top + 1))
+    for s in range(0, len(idx), chunk):
+        rows = idx[s:s + chunk]
+        xs, ns = x[rows, None], n[rows, None]  # (m, 1)
+        jj = torch.minimum(j[None, :], ns)  # (m, J) clamped so lgamma stays finite
+        log_choose = torch.lgamma(ns + 1) - torch.lgamma(jj + 1) - torch.lgamma(ns - jj + 1)
+        yield rows, _Terms(log_choose.masked_fill(j[None, :] > xs, -torch.inf), jj, ns)
+
+
+def binom_cdf(x: torch.Tensor | float, n: torch.Tensor | float,
+              p: torch.Tensor | float) -> torch.Tensor:
+    """P(Bin(n, p) <= x) elementwise (broadcast), exact via log-space summation of the pmf."""
+    x64, n64, p64 = torch.broadcast_tensors(_as64(x), _as64(n), _as64(p))
+    shape = x64.shape
+    x64, n64 = x64.reshape(-1).floor(), n64.reshape(-1)  # (M,)
+    p64 = p64.reshape(-1).clamp(0.0, 1.0)  # (M,)
+    out = torch.where(x64 < 0, 0.0, 1.0).double()  # x >= n: the whole distribution
+    for rows, terms in _terms(x64, n64):
+        out[rows] = terms.cdf(p64[rows])
+    return out.reshape(shape)
+
+
+def cp_upper(x: torch.Tensor | float, n: torch.Tensor | float, confidence: float) -> torch.Tensor:
+    """One-sided Clopper-Pearson upper bound on p from x successes in n trials (1 when n == 0)."""
+    gamma = check_confidence(confidence)
+    x64, n64 = torch.broadcast_tensors(_as64(x), _as64(n))
+    shape = x64.shape
+    x64, n64 = x64.reshape(-1).floor(), n64.reshape(-1)  # (M,)
+    out = torch.ones_like(x64)  # n == 0 or x >= n
+    for rows, terms in _terms(x64, n64):
+        lo = x64[rows] / n64[rows]  # the point estimate is a lower limit
+        hi = torch.ones_like(lo)
+        for _ in range(60):  # bisection: the CDF at p falls as p rises
+            mid = (lo + hi) / 2
+            above = terms.cdf(mid) > 1 - gamma  # the bound lies above mid
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        out[rows] = hi
+    return out.reshape(shape)
+
+
+def cp_upper_at_most(x: torch.Tensor, n: torch.Tensor, bound: torch.Tensor | float,
+                     confidence: float) -> torch.Tensor:
+    """Bool tensor: cp_upper(x, n, confidence) <= bound (bound >= 1 always holds)."""
+    gamma = check_confidence(confidence)
+    x64, n64, b64 = torch.broadcast_tensors(_as64(x), _as64(n), _as64(bound))
+    inside = binom_cdf(x64, n64, b64.clamp(0.0, 1.0)) <= 1 - gamma
+    return (b64 >= 1) | ((n64 > 0) & (x64 < n64) & (b64 > 0) & inside)
+
+
+def loss_upper(lost: torch.Tensor | float, gained: torch.Tensor | float, n: torch.Tensor | float,
+               confidence: float, early: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Upper bound on the paired accuracy loss (lost - gained) / n at `confidence`.
+
+    Only the `early` rows that left before the last exit can be lost (default: all n), so the
+    bound is early/n * cp_upper(lost, early) - gained/n; 0 when nothing left early.
+    """
+    e = n if early is None else early
+    lost64, gained64, n64, e64 = torch.broadcast_tensors(_as64(lost), _as64(gained), _as64(n),
+                                                         _as64(e))
+    rate = cp_upper(lost64, e64, confidence)  # upper bound on P(lost | left early)
+    bound = (e64 * rate - gained64) / n64.clamp_min(1)
+    return torch.where(e64 > 0, bound, torch.zeros_like(bound))
+
+
+def loss_within(lost: torch.Tensor, gained: torch.Tensor, n: torch.Tensor, tolerance: float,
+                confidence: float) -> torch.Tensor:
+    """Bool tensor: loss_upper(lost, gained, n) <= tolerance, without bisection."""
+    tol = check_number("tolerance", tolerance, 0.0, 1.0)
+    lost64, gained64, n64 = torch.broadcast_tensors(_as64(lost), _as64(gained), _as64(n))
+    ok = cp_upper_at_most(lost64, n64, tol + gained64 / n64.clamp_min(1), confidence)
+    return torch.where(n64 > 0, ok, torch.ones_like(ok))
+
+
+@dataclass(frozen=True)
+class PairedCounts:
+    """Correctness of a policy against the last exit on the same rows."""
+
+    lost: int  # rows the last exit gets right and the policy gets wrong
+    gained: int  # rows the policy gets right and the last exit gets wrong
+    n: int  # rows compared
+
+    def upper(self, confidence: float, early: int | None = None) -> float:
+        """Upper confidence bound on the accuracy loss (fraction; negative = a gain)."""
+        return float(loss_upper(self.lost, self.gained, self.n, confidence, early))
+
+
+def paired_counts(pred: torch.Tensor, final: torch.Tensor, labels: torch.Tensor) -> PairedCounts:
+    """Count the rows where exactly one of `pred` and the last exit `final` is right."""
+    if not pred.shape == final.shape == labels.shape:
+        raise PolicyError(f"shapes differ: {tuple(pred.shape)}, {tuple(final.shape)}, "
+                          f"{tuple(labels.shape)}")
+    right, final_right = pred == labels, final == labels  # (N,), (N,)
+    return PairedCounts(int((final_right & ~right).sum()), int((right & ~final_right).sum()),
+                        int(labels.shape[0]))

@@ -1,0 +1,47 @@
+"""Static depth ("DNN-kL"): every row exits at layer `layer`. Memoryless."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from policies.base import (
+    Decision,
+    EmptyState,
+    ExitPolicy,
+    PolicyState,
+    check_int,
+    merge_params,
+    probabilities,
+    register,
+)
+
+
+class StaticPolicy(ExitPolicy):
+    name = "static"
+
+    def __init__(self, num_exits: int, layer: int):
+        super().__init__(num_exits)
+        self.layer = check_int("static: layer", layer, 1, num_exits)
+
+    def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> PolicyState:
+        return EmptyState(rows=torch.zeros(batch_size, dtype=torch.bool, device=device))
+
+    def step(self, state: PolicyState, k: int, logits: torch.Tensor) -> Decision:
+        assert isinstance(state, EmptyState)
+        self.check_input(k, logits, state.rows.shape[0])
+        pred = probabilities(logits).argmax(dim=-1)  # (B,)
+        fire = torch.full_like(pred, int(k >= self.layer), dtype=torch.bool)  # (B,)
+        return Decision(fire, pred, fire.double(), state)
+
+    def params(self) -> dict[str, Any]:
+        return {"layer": self.layer}
+
+
+@register("static")
+def _build(num_exits: int, params: Mapping[str, Any],
+           calibration: Mapping[str, Any] | None) -> ExitPolicy:
+    merged = merge_params("static", params, calibration, {"layer"})
+    return StaticPolicy(num_exits, merged.get("layer", num_exits))

@@ -1,0 +1,87 @@
+"""`eeserve calibrate DIR [--policy NAME ...]`: fit policies on an artifact's validation logits."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from service.cli import CliError
+
+GUARD_HELP = "guarded validation accuracy loss allowed vs the last exit, as a fraction " \
+             "(default 0.005 = 0.5 points)"
+
+
+def add_guard_options(p: argparse.ArgumentParser) -> None:
+    """Options shared with `eeserve evaluate`."""
+    p.add_argument("--tolerance", type=float, default=0.005, help=GUARD_HELP)
+    p.add_argument("--confidence", type=float, default=0.8,
+                   help="one-sided confidence of the guard's upper bound (default 0.8)")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("calibrate", help="fit every exit policy on the cached validation logits")
+    p.add_argument("dir", type=Path, help="artifact directory")
+    p.add_argument("--policy", action="append", dest="policies", metavar="NAME",
+                   help="fit only this policy (repeatable); default: all")
+    add_guard_options(p)
+    p.add_argument("--min-support", type=int, default=30,
+                   help="BEEM: fewest validation rows a per-exit threshold rests on")
+    p.add_argument("--reference", default="paired", choices=["paired", "overall"],
+                   help="BEEM per-exit target: the last exit on the same rows (paired) or its "
+                        "overall error rate (the paper)")
+    p.add_argument("--eenet-budget", type=float, metavar="B",
+                   help="fit EENet for this average cost (fraction of full cost) instead of the "
+                        "smallest budget within the tolerance")
+    return p
+
+
+def guard_config(args: argparse.Namespace, **extra: Any) -> Any:
+    """A validated CalibrationConfig from the command line."""
+    from policies.calibration import CalibrationConfig
+
+    cfg = CalibrationConfig(tolerance=args.tolerance, confidence=args.confidence, **extra)
+    cfg.validate()
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from policies.calibration import POLICIES, calibrate_artifact
+
+    if not args.dir.is_dir():
+        raise CliError(f"{args.dir}: no such artifact directory")
+    names = args.policies or None
+    unknown = [n for n in names or [] if n not in POLICIES]
+    if unknown:
+        raise CliError(f"unknown policy {unknown[0]!r}; known: {', '.join(POLICIES)}")
+    cfg = guard_config(args, min_support=args.min_support, reference=args.reference,
+                       eenet_budget=args.eenet_budget)
+    manifest = calibrate_artifact(args.dir, names, cfg)
+    fitted = names or list(POLICIES)
+    print(f"calibrated {', '.join(fitted)} on {args.dir} (validation split); "
+          f"default policy: {manifest.get('default_policy')}")
+    print(format_calibration(manifest, fitted))
+    return 0
+
+
+def format_calibration(manifest: dict[str, Any], names: list[str]) -> str:
+    header = ("policy", "val acc %", "loss pt", "guarded pt", "mean exit", "layer x", "cost x",
+              "method")
+    rows = []
+    for name in names:
+        entry = manifest["policies"][name]
+        op, fit = entry["operating_point"], entry.get("fit", {})
+        rows.append((name, f"{op['accuracy'] * 100:.2f}", f"{op['loss'] * 100:+.2f}",
+                     f"{op['loss_upper'] * 100:+.2f}", f"{op['mean_exit']:.2f}",
+                     f"{op['layer_speedup']:.2f}", f"{op['cost_speedup']:.2f}",
+                     str(fit.get("method", ""))))
+    return table(header, rows)
+
+
+def table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)

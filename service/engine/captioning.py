@@ -1,0 +1,528 @@
+"""The caption runner: free-running decoding with a per-token early exit, on its own thread.
+
+    decode_token: one token for every row of a CaptionState, layer by layer. After each decoder
+                  layer the policy decides per row; exited rows take their token, leave the token
+                  batch and get their skipped layers' K/V by state propagation (CALM); the last
+                  layer always fires; a per-token latency budget forces an exit when one more
+                  layer would not fit.
+    CaptionRunner: token-level continuous batching. Queued images are encoded and join a cohort
+                  (one per model and policy) between tokens; finished captions (EOS, max_tokens)
+                  leave; each token is streamed to its request as soon as it is decided.
+
+The model never sees the policy and the policy never sees the model (models/captioner.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import logging
+import math
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from models.captioner import CaptionState, MultiExitCaptioner
+from models.image_encoder import ImageConfig, preprocess
+from policies import ExitPolicy
+from policies.base import enforce_last_exit
+from service.engine.handles import PolicyKey, now
+from service.engine.served import ServedModel
+from service.protocol import (
+    BadRequest,
+    CaptionEvent,
+    CaptionResult,
+    DeadlineExceeded,
+    EngineError,
+    InternalError,
+    NotReady,
+    Overloaded,
+    TokenInfo,
+)
+from service.stats import CaptionStats, IterationStats, SampleStats, StatsSink
+
+log = logging.getLogger("eeserve.engine")
+
+
+# ---- one token --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TokenStep:
+    """What one decoding step decided for every row of the state."""
+
+    tokens: torch.Tensor  # (B,) token ids
+    exit_layer: torch.Tensor  # (B,) long, 1-based
+    forced: torch.Tensor  # (B,) bool: the latency budget, not the policy, made it exit
+    propagated: int  # skipped-layer K/V projections computed (state propagation)
+    layer_seconds: list[float]  # wall time of each decoder layer step run
+    layer_rows: list[int]  # rows in each of those steps
+    propagate_seconds: float  # wall time of state propagation
+
+
+def decode_token(model: MultiExitCaptioner, state: CaptionState, policy: ExitPolicy,
+                 budget_s: torch.Tensor | None = None, layer_cost_s: float = 0.0) -> TokenStep:
+    """Decide the next token of every row (see module docstring); advances `state` in place."""
+    b, L = len(state), model.num_exits
+    tokens = torch.empty(b, dtype=torch.long, device=state.pos.device)
+    exit_layer = torch.zeros(b, dtype=torch.long)
+    forced = torch.zeros(b, dtype=torch.bool)
+    start = time.perf_counter()
+    tb = model.embed(state)
+    pstate = policy.init_state(b, "cpu")
+    secs, rows, prop_s, propagated = [], [], 0.0, 0
+    for k in range(1, L + 1):
+        t0 = time.perf_counter()
+        out = model.step(tb, k)
+        tb = out.batch  # type: ignore[assignment]
+        logits = out.logits.float().cpu()  # (b', V')
+        secs.append(time.perf_counter() - t0)
+        rows.append(len(tb))
+        d = enforce_last_exit(policy.step(pstate, k, logits), k, L)
+        mask = d.exit_mask
+        if budget_s is not None and k < L:
+            spent = time.perf_counter() - start
+            late = (spent + layer_cost_s) > budget_s[tb.rows.cpu()]
+            forced[tb.rows.cpu()[late & ~mask]] = True
+            mask = mask | late
+        if bool(mask.any()):
+            ex = tb.filter(mask)
+            tokens[ex.rows] = model.token_ids(d.prediction[mask])
+            exit_layer[ex.rows.cpu()] = k
+            t1 = time.perf_counter()
+            propagated += model.propagate(ex)
+            prop_s += time.perf_counter() - t1
+            tb = tb.filter(~mask)
+            pstate = d.state.filter(~mask)
+        else:
+            pstate = d.state
+        if len(tb) == 0:
+            break
+    model.advance(state, tokens)
+    return TokenStep(tokens.cpu(), exit_layer, forced, propagated, secs, rows, prop_s)
+
+
+# ---- requests -----------------------------------------------------------------------------------
+@dataclass(eq=False)
+class CaptionHandle:
+    """One caption request: its images, where its events go, and its per-image progress."""
+
+    served: ServedModel
+    policy: PolicyKey
+    policy_obj: ExitPolicy
+    pixels: torch.Tensor  # (n, 3, S, S) preprocessed images
+    max_tokens: int
+    events: asyncio.Queue[CaptionEvent | EngineError]
+    loop: asyncio.AbstractEventLoop
+    request_id: str
+    arrival: float
+    deadline: float
+    budget_s: float | None
+    stream_tokens: bool = False  # emit an event per token (streaming answers)
+    done: bool = False
+    remaining: int = 0
+    admitted_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.remaining = int(self.pixels.shape[0])
+
+    @property
+    def size(self) -> int:
+        return int(self.pixels.shape[0])
+
+    def emit(self, ev: CaptionEvent | EngineError) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, ev)
+
+    def fail(self, error: EngineError) -> None:
+        if not self.done:
+            self.done = True
+            self.emit(error)
+
+    def cancel(self) -> None:
+        self.done = True
+
+
+@dataclass
+class CaptionRow:
+    handle: CaptionHandle
+    index: int  # image index within the request
+    started: float  # admission time (before image encoding)
+    tokens: list[int] = field(default_factory=list)
+    exits: list[int] = field(default_factory=list)
+    first_token_at: float | None = None
+
+
+@dataclass
+class CaptionCohort:
+    served: ServedModel
+    key: PolicyKey
+    policy: ExitPolicy
+    state: CaptionState
+    rows: list[CaptionRow]
+
+
+class CaptionRunner:
+    """Worker-thread loop for captioners: admit → one token per cohort → answer and drop."""
+
+    def __init__(self, max_rows: int, queue_limit: int, sink: StatsSink):
+        self.max_rows = max_rows
+        self.queue_limit = queue_limit
+        self.sink = sink
+        self.cond = threading.Condition()
+        self.pending: deque[CaptionHandle] = deque()
+        self.pending_rows = 0
+        self.cohorts: list[CaptionCohort] = []
+        self.closed = False
+        self.stopped = False
+        self.layer_cost_s: dict[str, float] = {}  # model -> EMA of one decoder layer step
+
+    # ---- event-loop side ------------------------------------------------------------------
+    def submit(self, h: CaptionHandle) -> None:
+        with self.cond:
+            if self.closed:
+                raise NotReady("server is shutting down; not accepting new requests")
+            if self.pending_rows + h.size > self.queue_limit:
+                raise Overloaded(f"queue full: {self.pending_rows} images waiting, limit "
+                                 f"{self.queue_limit} (queue_limit)", retry_after_s=1.0)
+            self.pending.append(h)
+            self.pending_rows += h.size
+            self.cond.notify()
+
+    def active_rows(self) -> int:
+        return sum(len(c.rows) for c in self.cohorts)
+
+    def idle(self) -> bool:
+        with self.cond:
+            return not self.pending and not self.cohorts
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+
+    def drop_everything(self, why: str) -> None:
+        with self.cond:
+            handles = list(self.pending) + [r.handle for c in self.cohorts for r in c.rows]
+            self.pending.clear()
+            self.pending_rows = 0
+            self.cohorts = []
+        for h in handles:
+            h.fail(NotReady(why))
+
+    # ---- worker side ----------------------------------------------------------------------
+    def run_forever(self) -> None:
+        while True:
+            with self.cond:
+                while not self.pending and not self.cohorts:
+                    if self.stopped:
+                        return
+                    self.cond.wait(0.5)
+                room = self.max_rows - self.active_rows()
+                taken: list[CaptionHandle] = []
+                while self.pending and (room >= self.pending[0].size or not self.cohorts
+                                        and not taken):
+                    h = self.pending.popleft()
+                    self.pending_rows -= h.size
+                    room -= h.size
+                    taken.append(h)
+            for h in taken:
+                self._guard(functools.partial(self._admit, h), [h])
+            for c in list(self.cohorts):
+                self._guard(functools.partial(self._token, c), [r.handle for r in c.rows],
+                            cohort=c)
+
+    def _guard(self, fn: Callable[[], None], handles: list[CaptionHandle],
+               cohort: CaptionCohort | None = None) -> None:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 -- fail only the requests involved
+            log.exception("caption step failed")
+            for h in handles:
+                h.fail(InternalError(f"caption step failed: {type(e).__name__}"))
+            if cohort is not None and cohort in self.cohorts:
+                self.cohorts.remove(cohort)
+
+    def _admit(self, h: CaptionHandle) -> None:
+        t = now()
+        if h.done:
+            return
+        if t > h.deadline:
+            h.fail(DeadlineExceeded("deadline passed while queued", "deadline_ms"))
+            return
+        h.admitted_at = t
+        model: MultiExitCaptioner = h.served.model
+        state = model.encode_images(h.pixels, capacity=h.max_tokens)
+        rows = [CaptionRow(h, i, t) for i in range(h.size)]
+        for c in self.cohorts:
+            if c.served is h.served and c.key == h.policy:
+                c.state = CaptionState.concatenate([c.state, state])
+                c.rows.extend(rows)
+                return
+        self.cohorts.append(CaptionCohort(h.served, h.policy, h.policy_obj, state, rows))
+
+    def _token(self, c: CaptionCohort) -> None:
+        t = now()
+        keep = torch.tensor([not r.handle.done and t <= r.handle.deadline for r in c.rows])
+        for r in c.rows:
+            if not r.handle.done and t > r.handle.deadline:
+                r.handle.fail(DeadlineExceeded("deadline passed while captioning", "deadline_ms"))
+        if not bool(keep.all()):
+            self._drop(c, keep)
+            if not c.rows:
+                return
+        model: MultiExitCaptioner = c.served.model
+        name = c.served.name
+        budget = None
+        if any(r.handle.budget_s for r in c.rows):
+            budget = torch.tensor([r.handle.budget_s or math.inf for r in c.rows])
+        step = decode_token(model, c.state, c.policy, budget, self.layer_cost_s.get(name, 0.0))
+        self._observe(name, step)
+        done_at = now()
+        finished = []
+        for i, r in enumerate(c.rows):
+            tok, k = int(step.tokens[i]), int(step.exit_layer[i])
+            r.tokens.append(tok)
+            r.exits.append(k)
+            if r.first_token_at is None:
+                r.first_token_at = done_at
+            self.sink.record_sample(SampleStats(name, c.key.name, k, model.num_exits,
+                                                bool(step.forced[i])))
+            eos = tok == model.config.eos_token_id
+            full = len(r.tokens) >= r.handle.max_tokens
+            if not eos and r.handle.stream_tokens and not r.handle.done:
+                r.handle.emit(CaptionEvent(r.index, token=_token_info(model, tok, k)))
+            finished.append(eos or full)
+        if any(finished):
+            for i, r in enumerate(c.rows):
+                if finished[i]:
+                    self._finish(r, model, c.key.name, done_at)
+            self._drop(c, torch.tensor([not f for f in finished]))
+
+    def _drop(self, c: CaptionCohort, keep: torch.Tensor) -> None:
+        c.rows = [r for r, k in zip(c.rows, keep.tolist(), strict=True) if k]
+        if c.rows:
+            c.state = c.state.filter(keep)
+        elif c in self.cohorts:
+            self.cohorts.remove(c)
+
+    def _finish(self, r: CaptionRow, model: MultiExitCaptioner, policy: str, t: float) -> None:
+        h = r.handle
+        if h.done:
+            return
+        eos = model.config.eos_token_id
+        ids = [x for x in r.tokens if x != eos]
+        infos = [_token_info(model, x, k) for x, k in zip(r.tokens, r.exits, strict=True)
+                 if x != eos]
+        first = (r.first_token_at or t)
+        n = len(r.tokens)
+        per_token = (t - first) / (n - 1) if n > 1 else t - r.started
+        exits = r.exits or [model.num_exits]
+        result = CaptionResult(
+            caption=_text(model, ids),
+            tokens=infos, mean_exit_layer=round(sum(exits) / len(exits), 4),
+            num_layers=model.num_exits,
+            time_to_first_token_ms=round((first - h.arrival) * 1e3, 3),
+            per_token_ms=round(per_token * 1e3, 3),
+            queue_ms=round((r.started - h.arrival) * 1e3, 3),
+            total_ms=round((t - h.arrival) * 1e3, 3))
+        self.sink.record_caption(CaptionStats(h.served.name, policy, n, first - h.arrival,
+                                              per_token))
+        h.emit(CaptionEvent(r.index, result=result))
+        h.remaining -= 1
+        if h.remaining == 0:
+            h.done = True
+
+    def _observe(self, model: str, step: TokenStep) -> None:
+        for k, (s, n) in enumerate(zip(step.layer_seconds, step.layer_rows, strict=True), 1):
+            self.sink.record_iteration(IterationStats(model, n, k, s))
+        if step.layer_seconds:
+            per_layer = sum(step.layer_seconds) / len(step.layer_seconds)
+            old = self.layer_cost_s.get(model)
+            self.layer_cost_s[model] = per_layer if old is None else 0.8 * old + 0.2 * per_layer
+
+
+def decode_images(images: list[bytes], cfg: ImageConfig) -> torch.Tensor:
+    """Encoded image files → (n, 3, S, S) pixels; BadRequest naming `images[i]` when unreadable."""
+    ims = []
+    for i, raw in enumerate(images):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(raw)) as im:
+                    im.load()
+                    ims.append(im.convert("RGB"))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as e:
+            raise BadRequest(f"images[{i}]: not a readable image ({type(e).__name__})",
+                             f"images[{i}]") from None
+    return preprocess(ims, cfg)
+
+
+@torch.inference_mode()
+def warm_up(model: MultiExitCaptioner) -> None:
+    """One token through every layer on a blank image (first-call allocations, lazy caches)."""
+    size = model.config.image.size
+    state = model.encode_images(torch.zeros(1, 3, size, size), capacity=2)
+    tb = model.embed(state)
+    for k in range(1, model.num_exits + 1):
+        tb = model.step(tb, k).batch  # type: ignore[assignment]
+
+
+def _text(model: MultiExitCaptioner, ids: list[int]) -> str:
+    return str(model.tokenizer.decode(ids, skip_special_tokens=True)).strip()
+
+
+def _token_info(model: MultiExitCaptioner, token: int, layer: int) -> TokenInfo:
+    return TokenInfo(text=str(model.tokenizer.decode([token])), token_id=token, exit_layer=layer)
+
+
+def error_of(item: Any) -> EngineError | None:
+    return item if isinstance(item, EngineError) else None
+
+
+# ---- offline benchmark (`python -m service.engine.captioning DIR`) -------------------------------
+def bench_policy(model: MultiExitCaptioner, pixels: list[torch.Tensor], policy: ExitPolicy,
+                 max_tokens: int) -> dict[str, Any]:
+    """Caption images one at a time (batch 1) with `decode_token`; wall-clock per image.
+
+    ttft: image encoding + the first token; decode tokens/s: tokens over decoding time (image
+    encoding excluded; state propagation included)."""
+    caps, ttft, first_ms, enc_ms, exits = [], [], [], [], []
+    prop_s = layer_s = decode_s = 0.0
+    props = steps = 0
+    for px in pixels:
+        t0 = time.perf_counter()
+        state = model.encode_images(px[None], capacity=max_tokens)
+        t1 = time.perf_counter()
+        toks: list[int] = []
+        first, count = None, 0
+        while count < max_tokens:
+            count += 1
+            s = decode_token(model, state, policy)
+            first = first or time.perf_counter()
+            exits.append(int(s.exit_layer[0]))
+            prop_s += s.propagate_seconds
+            layer_s += sum(s.layer_seconds)
+            steps += len(s.layer_seconds)
+            props += s.propagated
+            if int(s.tokens[0]) == model.config.eos_token_id:
+                break
+            toks.append(int(s.tokens[0]))
+        end = time.perf_counter()
+        decode_s += end - t1
+        caps.append(_text(model, toks))
+        enc_ms.append((t1 - t0) * 1e3)
+        ttft.append(((first or end) - t0) * 1e3)
+        first_ms.append(((first or end) - t1) * 1e3)
+    per_layer = layer_s / max(1, steps)
+    n = len(exits)
+    return {"captions": caps, "mean_exit_layer": round(sum(exits) / n, 3), "tokens": n,
+            "ttft_ms": _median(ttft), "encode_ms": _median(enc_ms),
+            "first_token_decode_ms": _median(first_ms),
+            "decode_tokens_per_s": round(n / decode_s, 1),
+            "propagation_ms_per_token": round(prop_s / n * 1e3, 4),
+            "propagation_share_of_decode": round(prop_s / decode_s, 4),
+            "propagation_layer_equiv_per_token": round(prop_s / n / per_layer, 3),
+            "kv_projections_per_token": round(props / n, 3),
+            "layer_step_ms": round(per_layer * 1e3, 4)}
+
+
+def _median(xs: list[float]) -> float:
+    return round(sorted(xs)[len(xs) // 2], 3)
+
+
+def bench_batched(model: MultiExitCaptioner, pixels: list[torch.Tensor], policy: ExitPolicy,
+                  max_tokens: int, batch: int) -> dict[str, Any]:
+    """Throughput with `batch` images at a time; finished captions leave between tokens."""
+    t0, tokens = time.perf_counter(), 0
+    for s in range(0, len(pixels), batch):
+        state = model.encode_images(torch.stack(pixels[s:s + batch]), capacity=max_tokens)
+        n = 0
+        while len(state) and n < max_tokens:
+            step = decode_token(model, state, policy)
+            tokens += len(step.tokens)
+            n += 1
+            state = state.filter(step.tokens != model.config.eos_token_id)
+    seconds = time.perf_counter() - t0
+    return {f"batch{batch}_tokens_per_s": round(tokens / seconds, 1),
+            f"batch{batch}_images_per_s": round(len(pixels) / seconds, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    import platform
+
+    from models.caption_data import generated_scenes
+    from models.caption_loading import load_caption_artifact
+    from models.caption_training import caption_scores
+    from policies import build_policy
+
+    p = argparse.ArgumentParser(prog="python -m service.engine.captioning",
+                                description="caption quality and speed: full depth vs early exit")
+    p.add_argument("dir")
+    p.add_argument("--images", type=int, default=150)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3, help="timing repeats (medians reported)")
+    p.add_argument("--json", help="write the figures here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    loaded = load_caption_artifact(args.dir)
+    model, m = loaded.model, loaded.manifest
+    data = generated_scenes(1200, 150, 150, image_size=int(m["data"].get("image_size", 160)))
+    split = data.test
+    n = min(args.images, len(split))
+    refs = split.captions[:n]
+    pixels = [preprocess([split.image(i)], model.config.image)[0] for i in range(n)]
+    L = model.num_exits
+    thr = (m.get("policies", {}).get("maxprob") or {}).get("params", {}).get("threshold", 0.9)
+    runs = {"none (full depth)": build_policy("none", L),
+            f"maxprob {thr:.3f} (calibrated)": build_policy("maxprob", L, {"threshold": thr}),
+            "maxprob 0.5": build_policy("maxprob", L, {"threshold": 0.5}),
+            "static exit 2": build_policy("static", L, {"layer": 2})}
+    out: dict[str, Any] = {"artifact": args.dir, "images": n, "threads": args.threads,
+                           "repeats": args.repeats,
+                           "machine": platform.platform(), "num_layers": L, "runs": {}}
+    timed = ("ttft_ms", "encode_ms", "first_token_decode_ms", "decode_tokens_per_s",
+             "propagation_ms_per_token", "propagation_share_of_decode",
+             "propagation_layer_equiv_per_token", "layer_step_ms", "batch8_tokens_per_s",
+             "batch8_images_per_s")
+    reps: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
+    with torch.inference_mode():
+        warm_up(model)
+        for rep in range(args.repeats):  # interleaved, so load changes hit every policy alike
+            for name, pol in runs.items():
+                r = bench_policy(model, pixels, pol, model.config.max_tokens)
+                r.update(bench_batched(model, pixels, pol, model.config.max_tokens, 8))
+                reps[name].append(r)
+                print(rep, name, {k: r[k] for k in timed}, flush=True)
+    for name, rs in reps.items():
+        r = dict(rs[0])
+        for k in timed:
+            r[k] = _median([x[k] for x in rs])
+        r.update(caption_scores(r["captions"], refs))
+        r["exact_match"] = round(sum(c == ref[0] for c, ref in zip(r["captions"], refs,
+                                                                    strict=True)) / n, 4)
+        r["examples"] = r.pop("captions")[:3]
+        out["runs"][name] = r
+        print(name, json.dumps({k: v for k, v in r.items() if k != "examples"}), flush=True)
+    out["references"] = [rs[0] for rs in refs[:3]]
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

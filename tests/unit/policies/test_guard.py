@@ -1,0 +1,101 @@
+"""Exact binomial bounds (Clopper-Pearson) and the paired loss guard, against first principles."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from policies import PolicyError
+from policies.guard import (
+    binom_cdf,
+    cp_upper,
+    cp_upper_at_most,
+    loss_upper,
+    loss_within,
+    paired_counts,
+)
+
+
+def _cdf(x: int, n: int, p: float) -> float:
+    return sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(x + 1))
+
+
+@pytest.mark.parametrize(("x", "n", "p"), [(0, 10, 0.1), (3, 20, 0.3), (7, 50, 0.05),
+                                           (49, 50, 0.99), (5, 5, 0.5), (-1, 4, 0.5)])
+def test_binom_cdf_matches_the_sum_of_the_pmf(x: int, n: int, p: float) -> None:
+    expected = 0.0 if x < 0 else _cdf(min(x, n), n, p)
+    assert float(binom_cdf(x, n, p)) == pytest.approx(expected, abs=1e-12)
+
+
+def test_binom_cdf_is_vectorised_and_exact_at_the_edges() -> None:
+    x = torch.tensor([0.0, 2.0, 10.0])
+    got = binom_cdf(x, torch.tensor([10.0, 10.0, 10.0]), torch.tensor([0.0, 1.0, 0.3]))
+    assert got.tolist() == [1.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("n", [1, 10, 300])
+@pytest.mark.parametrize("confidence", [0.8, 0.95])
+def test_zero_successes_has_the_closed_form(n: int, confidence: float) -> None:
+    assert float(cp_upper(0, n, confidence)) == pytest.approx(1 - (1 - confidence) ** (1 / n),
+                                                              rel=1e-9)
+
+
+@pytest.mark.parametrize(("x", "n"), [(1, 10), (5, 50), (30, 400)])
+def test_upper_bound_solves_the_tail_equation(x: int, n: int) -> None:
+    u = float(cp_upper(x, n, 0.9))
+    assert x / n < u < 1
+    assert _cdf(x, n, u) == pytest.approx(0.1, abs=1e-9)
+
+
+def test_degenerate_counts_give_one() -> None:
+    assert cp_upper(torch.tensor([0.0, 4.0]), torch.tensor([0.0, 4.0]), 0.9).tolist() == [1, 1]
+
+
+def test_at_most_agrees_with_the_bisection() -> None:
+    g = torch.Generator().manual_seed(0)
+    n = torch.randint(1, 200, (300,), generator=g).double()
+    x = (torch.rand(300, generator=g, dtype=torch.float64) * n * 0.3).floor()
+    bound = torch.rand(300, generator=g, dtype=torch.float64) * 0.4
+    upper = cp_upper(x, n, 0.85)
+    far = (upper - bound).abs() > 1e-9
+    assert torch.equal(cp_upper_at_most(x, n, bound, 0.85)[far], (upper <= bound)[far])
+    assert bool(cp_upper_at_most(torch.tensor(3.0), torch.tensor(4.0), 1.0, 0.9))
+
+
+def test_paired_counts_and_loss_bound() -> None:
+    labels = torch.tensor([1, 1, 1, 0, 0, 0])
+    final = torch.tensor([1, 1, 0, 0, 0, 1])  # right on rows 0, 1, 3, 4
+    pred = torch.tensor([0, 1, 1, 0, 1, 1])  # loses rows 0 and 4, gains row 2
+    c = paired_counts(pred, final, labels)
+    assert (c.lost, c.gained, c.n) == (2, 1, 6)
+    assert c.upper(0.9) == pytest.approx(float(cp_upper(2, 6, 0.9)) - 1 / 6)
+    assert c.upper(0.9) > (2 - 1) / 6  # the bound lies above the point estimate
+    with pytest.raises(PolicyError, match="shapes differ"):
+        paired_counts(pred[:3], final, labels)
+
+
+def test_only_rows_that_left_early_can_be_lost() -> None:
+    assert float(loss_upper(0, 0, 1000, 0.9, early=0)) == 0.0  # full depth: exactly no loss
+    small = float(loss_upper(0, 0, 1000, 0.9, early=100))
+    assert small == pytest.approx(100 * float(cp_upper(0, 100, 0.9)) / 1000)
+    assert small < float(loss_upper(0, 0, 1000, 0.9))
+
+
+def test_loss_within_is_the_bound_against_the_tolerance() -> None:
+    lost = torch.tensor([0.0, 2.0, 2.0, 10.0])
+    gained = torch.tensor([0.0, 0.0, 2.0, 0.0])
+    n = torch.tensor([1000.0, 1000.0, 1000.0, 0.0])
+    upper = loss_upper(lost, gained, n, 0.8)
+    assert loss_within(lost, gained, n, 0.005, 0.8).tolist() == \
+        [bool(u <= 0.005) for u in upper[:3]] + [True]
+    assert loss_within(lost, gained, n, 0.005, 0.8).tolist() == [True, True, True, True]
+    assert not bool(loss_within(torch.tensor(6.0), torch.tensor(0.0), torch.tensor(1000.0),
+                                0.005, 0.8))  # point loss 0.6 pt
+
+
+@pytest.mark.parametrize("confidence", [0.2, 1.0, math.nan])
+def test_confidence_must_be_a_probability_above_one_half(confidence: float) -> None:
+    with pytest.raises(PolicyError, match="confidence"):
+        cp_upper(1, 10, confidence)

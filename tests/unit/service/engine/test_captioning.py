@@ -1,0 +1,95 @@
+"""The caption runner: per-token exits with state propagation, budgets, and the engine API."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from models.caption_data import generated_scenes
+from models.caption_loading import load_caption_artifact
+from models.recipes import BuildOptions, build
+from policies import build_policy
+from service.engine import EngineConfig, InProcessEngine
+from service.engine.captioning import decode_token
+from service.protocol import BadRequest, CaptionRequest, UnknownModel
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cap") / "tiny-caption"
+    build("tiny-caption", BuildOptions(out=out, device="cpu", progress=False))
+    return out
+
+
+def png(i: int = 0) -> bytes:
+    buf = io.BytesIO()
+    generated_scenes(4, 1, 1, image_size=32).train.image(i).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_decode_token_full_depth_and_early_exit_with_propagation(artifact: Path) -> None:
+    model = load_caption_artifact(artifact).model
+    L = model.num_exits
+    px = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        state = model.encode_images(px, capacity=4)
+        full = decode_token(model, state, build_policy("none", L))
+        assert full.exit_layer.tolist() == [L] * 3 and full.propagated == 0
+        assert full.layer_rows == [3] * L and state.pos.tolist() == [1, 1, 1]
+        early = decode_token(model, state, build_policy("maxprob", L, {"threshold": 0.0}))
+        assert early.exit_layer.tolist() == [1] * 3
+        assert early.propagated == 3 * (L - 1) and early.layer_rows == [3]
+        assert all(float(k[:, :, 1].abs().sum()) > 0 for k in state.keys)  # cache complete
+        forced = decode_token(model, state, build_policy("none", L),
+                              budget_s=torch.tensor([0.0, 1e9, 0.0]), layer_cost_s=1.0)
+    assert forced.exit_layer.tolist() == [1, L, 1]
+    assert forced.forced.tolist() == [True, False, True]
+
+
+async def test_engine_captions_and_streams(artifact: Path) -> None:
+    eng = InProcessEngine(EngineConfig(models=(str(artifact),), device="cpu"))
+    await eng.start()
+    try:
+        assert eng.ready()
+        info = eng.models()[0]
+        assert info.kind == "captioner" and info.num_exits == 3
+        res = await eng.caption(CaptionRequest(images=[png(0), png(1)], policy="none",
+                                               max_tokens=6))
+        assert len(res) == 2
+        for r in res:
+            assert r.num_layers == 3 and r.mean_exit_layer == 3.0
+            assert len(r.tokens) <= 6 and r.total_ms >= r.time_to_first_token_ms > 0
+            assert r.caption == " ".join(t.text for t in r.tokens)
+        events = [ev async for ev in eng.caption_stream(CaptionRequest(
+            images=[png(2)], policy="maxprob", params={"threshold": 0.0}, max_tokens=4))]
+        assert events[-1].result is not None and all(e.token for e in events[:-1])
+        assert [e.token.exit_layer for e in events[:-1]] == [1] * (len(events) - 1)  # type: ignore
+        assert events[-1].result.mean_exit_layer == 1.0
+        with pytest.raises(BadRequest) as e:
+            await eng.caption(CaptionRequest(images=[b"not an image"]))
+        assert e.value.field == "images[0]"
+        with pytest.raises(BadRequest) as e:
+            await eng.caption(CaptionRequest(images=[png()], policy="bogus"))
+        assert e.value.field == "policy"
+        with pytest.raises(UnknownModel):
+            await eng.caption(CaptionRequest(images=[png()], model="nope"))
+        with pytest.raises(UnknownModel):  # no text model loaded
+            from service.protocol import ClassifyRequest
+
+            await eng.classify(ClassifyRequest(texts=["x"]))
+    finally:
+        await eng.shutdown(2.0)
+
+
+def test_decoded_images_are_preprocessed_to_the_model_size(artifact: Path) -> None:
+    from service.engine.captioning import decode_images
+
+    model = load_caption_artifact(artifact).model
+    big = io.BytesIO()
+    Image.new("RGB", (64, 48), (255, 0, 0)).save(big, format="JPEG")
+    px = decode_images([png(), big.getvalue()], model.config.image)
+    assert px.shape == (2, 3, 32, 32)
