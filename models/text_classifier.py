@@ -159,7 +159,7 @@ class MultiExitTextClassifier(nn.Module):
         ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=True,
                              max_length=m + 1)["input_ids"]
         truncated = [len(row) > m for row in ids]
-        ids = [row[:m - 1] + row[-1:] if cut else row for row, cut in zip(ids, truncated)]
+        ids = [row[:m - 1] + row[-1:] if cut else row for row, cut in zip(ids, truncated, strict=True)]
         lengths = [len(row) for row in ids]
         t = max(lengths)
         pad = self.tokenizer.pad_token_id or 0
@@ -185,6 +185,13 @@ class MultiExitTextClassifier(nn.Module):
         logits = self.heads[k - 1].pooled_logits(hidden, self._pool(batch))  # (B, C)
         nxt = replace(batch, hidden=hidden, layer=k)
         return StepOutput(logits=logits, batch=nxt)
+
+    @torch.inference_mode()
+    def advance(self, batch: TextBatch, k: int) -> TextBatch:
+        """Run encoder layer k without its exit head (for exits no policy can take)."""
+        if batch.layer != k - 1:
+            raise ValueError(f"batch is at layer {batch.layer}, cannot run layer {k}")
+        return replace(batch, hidden=self._layer(batch, k - 1), layer=k)
 
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.backbone.embeddings(input_ids=input_ids)  # (B, T, H)

@@ -45,6 +45,13 @@ class Cohort:
     def layer(self) -> int:
         return self.batch.layer
 
+    def needs_head(self, num_exits: int) -> bool:
+        """Whether the next exit's head must run: the policy may fire there, or it is the last
+        exit, or a row has a latency budget (it may be forced out anywhere) or wants a trace."""
+        k = self.layer + 1
+        return k >= first_exit(self.policy, num_exits) or any(
+            r.trace is not None or r.budget_end is not None for r in self.rows)
+
     def __len__(self) -> int:
         return len(self.rows)
 
@@ -66,6 +73,35 @@ class UpdateOutcome:
     dropped: int  # rows removed because their request failed, expired or was cancelled
 
 
+def first_exit(policy: ExitPolicy, num_exits: int) -> int:
+    """The first exit at which `policy` can let a row leave (heads before it are skipped)."""
+    if policy.name == "none":
+        return num_exits
+    if policy.name == "static":
+        return int(getattr(policy, "layer", 1))
+    return 1
+
+
+def advance_group(model: torch.nn.Module, cohorts: list[Cohort]) -> list[TextBatch]:
+    """Step cohorts through the next layer without exit heads (no exit is possible there)."""
+    k = cohorts[0].layer + 1
+    if len(cohorts) == 1:
+        return [model.advance(cohorts[0].batch, k)]  # type: ignore[operator]
+    merged = TextBatch.concatenate([c.batch for c in cohorts])  # (sum B_i, T_max, H)
+    merged = model.advance(merged, k)  # type: ignore[operator]
+    return _split_rows(merged, [len(c) for c in cohorts])
+
+
+def _split_rows(batch: TextBatch, sizes: list[int]) -> list[TextBatch]:
+    out, start = [], 0
+    for n in sizes:
+        keep = torch.zeros(len(batch), dtype=torch.bool, device=batch.hidden.device)
+        keep[start:start + n] = True
+        out.append(batch.filter(keep))
+        start += n
+    return out
+
+
 def run_group(model: torch.nn.Module,
               cohorts: list[Cohort]) -> list[tuple[torch.Tensor, TextBatch]]:
     """Step every cohort (same model, same layer) through the next layer as one batch.
@@ -78,14 +114,10 @@ def run_group(model: torch.nn.Module,
         return [(out.logits, out.batch)]
     merged = TextBatch.concatenate([c.batch for c in cohorts])  # (sum B_i, T_max, H)
     out = model.step(merged, k)  # type: ignore[operator]
-    results, start = [], 0
-    total = len(merged)
-    for c in cohorts:
-        keep = torch.zeros(total, dtype=torch.bool, device=out.logits.device)
-        keep[start:start + len(c)] = True
-        results.append((out.logits[start:start + len(c)], out.batch.filter(keep)))
-        start += len(c)
-    return results
+    sizes = [len(c) for c in cohorts]
+    batches = _split_rows(out.batch, sizes)  # type: ignore[arg-type]
+    logits = torch.split(out.logits, sizes)  # B_i x (B_i, C)
+    return list(zip(logits, batches, strict=True))
 
 
 def update(cohort: Cohort, logits: torch.Tensor, batch: TextBatch, num_exits: int, now: float,

@@ -18,13 +18,13 @@ import logging
 import threading
 from collections import defaultdict, deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from models.base import Encoded
 from models.text_classifier import TextBatch
-from service.engine.cohort import Cohort, Row, results_for, run_group, update
+from service.engine.cohort import Cohort, Row, advance_group, results_for, run_group, update
 from service.engine.config import EngineConfig
 from service.engine.handles import RequestHandle, now
 from service.engine.served import ServedModel
@@ -193,14 +193,30 @@ class Scheduler:
         return Cohort(served.name, group[0].handle.policy.name, policy, batch, state, rows)
 
     def _run_round(self) -> None:
-        groups: dict[tuple[str, int], list[Cohort]] = defaultdict(list)
+        groups: dict[tuple[str, int, bool], list[Cohort]] = defaultdict(list)
         for c in self.cohorts:
-            groups[(c.model, c.layer)].append(c)
+            head = c.needs_head(self.models[c.model].num_exits)
+            groups[(c.model, c.layer, head)].append(c)
         survivors: list[Cohort] = []
-        for (model_name, _), cohorts in groups.items():
+        for (model_name, _, head), cohorts in groups.items():
             for part in _cap(cohorts, self.row_cap):
-                survivors.extend(self._step(self.models[model_name], part))
+                step = self._step if head else self._advance
+                survivors.extend(step(self.models[model_name], part))
         self.cohorts = survivors
+
+    def _advance(self, served: ServedModel, cohorts: list[Cohort]) -> list[Cohort]:
+        """A layer where no row can exit: no head, no policy, rows unchanged."""
+        t0 = now()
+        try:
+            batches = advance_group(served.model, cohorts)
+        except torch.OutOfMemoryError:
+            return self._out_of_memory(cohorts)
+        except Exception as e:  # noqa: BLE001 -- fail only the requests in this step
+            self._fail([r.handle for c in cohorts for r in c.rows], e)
+            return []
+        self.sink.record_iteration(IterationStats(served.name, sum(len(c) for c in cohorts),
+                                                  cohorts[0].layer + 1, now() - t0))
+        return [replace(c, batch=b) for c, b in zip(cohorts, batches, strict=True)]
 
     def _step(self, served: ServedModel, cohorts: list[Cohort]) -> list[Cohort]:
         t0 = now()

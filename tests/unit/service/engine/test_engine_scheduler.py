@@ -191,3 +191,24 @@ async def test_shutdown_finishes_in_flight_requests(tiny_artifact: Path) -> None
     await asyncio.sleep(0.01)
     await e.shutdown(10.0)
     assert len(await task) == len(TEXTS)
+
+
+async def test_heads_are_skipped_where_no_exit_is_possible(engine: InProcessEngine,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    model = next(iter(engine.served.values())).model
+    calls: list[tuple[str, int]] = []
+    real_step, real_advance = model.step, model.advance
+    monkeypatch.setattr(model, "step", lambda b, k: calls.append(("step", k)) or real_step(b, k))
+    monkeypatch.setattr(model, "advance",
+                        lambda b, k: calls.append(("advance", k)) or real_advance(b, k))
+    out = await engine.classify(ClassifyRequest(texts=TEXTS[:2], policy="none"))
+    assert [r.exit_layer for r in out] == [3, 3]
+    assert calls == [("advance", 1), ("advance", 2), ("step", 3)]
+    calls.clear()
+    await engine.classify(ClassifyRequest(texts=TEXTS[:2], policy="static",
+                                          params={"layer": 2}))
+    assert calls == [("advance", 1), ("step", 2)]
+    calls.clear()
+    await engine.classify(ClassifyRequest(texts=TEXTS[:1], policy="none",
+                                          latency_budget_ms=60_000))
+    assert calls == [("step", 1), ("step", 2), ("step", 3)]  # a budget may force any exit
