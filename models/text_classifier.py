@@ -159,7 +159,8 @@ class MultiExitTextClassifier(nn.Module):
         ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=True,
                              max_length=m + 1)["input_ids"]
         truncated = [len(row) > m for row in ids]
-        ids = [row[:m - 1] + row[-1:] if cut else row for row, cut in zip(ids, truncated, strict=True)]
+        ids = [row[:m - 1] + row[-1:] if cut else row
+               for row, cut in zip(ids, truncated, strict=True)]
         lengths = [len(row) for row in ids]
         t = max(lengths)
         pad = self.tokenizer.pad_token_id or 0

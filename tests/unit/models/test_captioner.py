@@ -230,3 +230,20 @@ def test_training_targets_are_shifted_by_one() -> None:
     assert tg.labels[0, :4].tolist() == [*ids, 2] and tg.labels[0, 4:].eq(-100).all()
     assert tg.image.tolist() == [0, 1, 1]
     assert base64  # imported for symmetry with the API tests
+
+
+def test_efficientnet_captioner_shapes_without_downloads() -> None:
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from models.caption_loading import efficientnet_captioner
+    from models.captioner import tiny_decoder_config
+
+    tok = word_tokenizer(scene_words())
+    cfg = CaptionerConfig(vocab_ids=tuple(range(len(tok))), bos_token_id=1, eos_token_id=2,
+                          max_tokens=4, encoder="efficientnet-lite0", image=ImageConfig(size=64))
+    model = efficientnet_captioner(tiny_decoder_config(len(tok), layers=2), tok, cfg).eval()
+    with torch.inference_mode():
+        feats = model.encoder.features(torch.randn(1, 3, 64, 64))
+        assert feats.shape == (1, 4, 1280)  # 64 px → 2×2 tokens of 1280 channels
+        state = model.encode_images(torch.randn(2, 3, 64, 64))
+        out = model.step(model.embed(state), 1)
+    assert out.logits.shape == (2, len(tok)) and state.cross_keys[0].shape[2] == 4
