@@ -55,6 +55,14 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str]:
 
 
 def install(app: FastAPI) -> None:
+    from fastapi.responses import Response
+
+    from service.routes_v1 import ClientGone
+
+    @app.exception_handler(ClientGone)
+    async def _gone(request: Request, exc: ClientGone) -> Response:
+        return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
+
     @app.exception_handler(EngineError)
     async def _engine_error(request: Request, exc: EngineError) -> JSONResponse:
         headers = None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -24,6 +26,31 @@ from service.schemas import (
 from service.settings import Settings
 
 router = APIRouter()
+T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first (its engine rows are then
+    dropped at the next layer step)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task not in done:
+        task.cancel()
+        raise ClientGone("client disconnected")
+    return task.result()
 ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorBody, "description": d} for s, d in [
         (400, "bad input; the message names the field and the limit"),
@@ -104,11 +131,11 @@ async def classify(body: ClassifyBody, request: Request) -> ClassifyResponse:
     labels = request.state.labels
     labels.items = len(texts)
     labels.model, labels.policy = model or "unknown", policy or "unknown"
-    results = await engine.classify(ClassifyRequest(
+    results = await unless_disconnected(request, engine.classify(ClassifyRequest(
         texts=texts, model=body.model, policy=body.policy or settings.default_policy,
         params=dict(body.params), latency_budget_ms=body.latency_budget_ms,
         deadline_ms=body.deadline_ms, return_trace=body.return_trace,
-        request_id=request.state.request_id))
+        request_id=request.state.request_id)))
     labels.queue_seconds = max(r.queue_ms for r in results) / 1e3
     timing = Timing(queue_ms=max(r.queue_ms for r in results),
                     compute_ms=max(r.compute_ms for r in results),

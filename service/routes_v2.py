@@ -35,7 +35,7 @@ from service.protocol import (
     NotReady,
     UnknownModel,
 )
-from service.routes_v1 import ERRORS, engine_of
+from service.routes_v1 import ERRORS, engine_of, unless_disconnected
 from service.schemas import (
     InferRequestBody,
     LiveOut,
@@ -128,10 +128,10 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
     labels = request.state.labels
     labels.model, labels.policy = info.name, policy or info.default_policy
     labels.items = len(texts)
-    results = await engine.classify(ClassifyRequest(
+    results = await unless_disconnected(request, engine.classify(ClassifyRequest(
         texts=texts, model=info.name, policy=policy,
         params={k: v for k, v in params.items() if k not in RESERVED},
-        latency_budget_ms=budget, deadline_ms=deadline, request_id=request.state.request_id))
+        latency_budget_ms=budget, deadline_ms=deadline, request_id=request.state.request_id)))
     labels.queue_seconds = max(r.queue_ms for r in results) / 1e3
     return _answer(body, info, results, labels.policy, (time.perf_counter() - t0) * 1e3)
 

@@ -35,7 +35,7 @@ _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready",
                         "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 413: "bad_request",
-                 422: "bad_request", 429: "overloaded", 504: "timeout"}
+                 422: "bad_request", 429: "overloaded", 499: "cancelled", 504: "timeout"}
 _V2_INFER = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 
 def status_label(code: int) -> str:

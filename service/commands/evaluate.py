@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from policies.sweep import OperatingPoint
 
 SPLITS = ("val", "test")
+MARKERS = ("o", "s", "^", "v", "D", "x", "+", "P", "h", "<", ">")
+LINES = ("-", "--", "-.", ":")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -150,8 +152,10 @@ def plot_pareto(report: EvaluationReport, path: Path, title: str) -> None:
             pts = sorted(rep.curve, key=lambda p: getattr(p.point, attr))
             xs = [getattr(p.point, attr) for p in pts]
             ys = [p.point.accuracy * 100 for p in pts]
-            style = "o" if len(pts) == 1 else ".-"
-            ax.plot(xs, ys, style, color=color, label=rep.name, lw=1.2, ms=4)
+            marker = MARKERS[i % len(MARKERS)]
+            style = "" if len(pts) == 1 else LINES[i % len(LINES)]  # overlapping curves stay
+            ax.plot(xs, ys, marker=marker, ls=style or "none", color=color, label=rep.name,
+                    lw=1.2, ms=4 if len(pts) > 1 else 7)
             if rep.calibrated:
                 c = rep.calibrated.point
                 ax.plot([getattr(c, attr)], [c.accuracy * 100], "*", color=color, ms=14,
@@ -161,9 +165,10 @@ def plot_pareto(report: EvaluationReport, path: Path, title: str) -> None:
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (%)")
+    accs = [p.point.accuracy * 100 for r in report.policies for p in r.curve]
     fast = [p.point.accuracy * 100 for r in report.policies for p in r.curve
             if p.point.layer_speedup > 1.05]
-    axes[0].set_ylim(max(min([last - 4, *fast]), last - 10), last + 2)
+    axes[0].set_ylim(max(min([last - 4, *fast]), last - 10), max([last + 1, *accs]) + 0.5)
     axes[1].legend(fontsize=8, loc="lower left", ncol=2)
     fig.suptitle(f"{title}: accuracy vs speed-up; * = calibrated operating point; dashed = last "
                  f"exit, dotted = -{report.tolerance * 100:g} pt")

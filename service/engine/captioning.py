@@ -393,71 +393,82 @@ def error_of(item: Any) -> EngineError | None:
 
 
 # ---- offline benchmark (`python -m service.engine.captioning DIR`) -------------------------------
-def bench_policy(model: MultiExitCaptioner, pixels: list[torch.Tensor], policy: ExitPolicy,
-                 max_tokens: int) -> dict[str, Any]:
-    """Caption images one at a time (batch 1) with `decode_token`; wall-clock per image.
+@dataclass
+class BenchRecord:
+    """Per-image measurements of one policy (batch 1) plus batch-8 groups."""
 
-    ttft: image encoding + the first token; decode tokens/s: tokens over decoding time (image
-    encoding excluded; state propagation included)."""
-    caps, ttft, first_ms, enc_ms, exits = [], [], [], [], []
-    prop_s = layer_s = decode_s = 0.0
-    props = steps = 0
-    for px in pixels:
-        t0 = time.perf_counter()
-        state = model.encode_images(px[None], capacity=max_tokens)
-        t1 = time.perf_counter()
-        toks: list[int] = []
-        first, count = None, 0
-        while count < max_tokens:
-            count += 1
-            s = decode_token(model, state, policy)
-            first = first or time.perf_counter()
-            exits.append(int(s.exit_layer[0]))
-            prop_s += s.propagate_seconds
-            layer_s += sum(s.layer_seconds)
-            steps += len(s.layer_seconds)
-            props += s.propagated
-            if int(s.tokens[0]) == model.config.eos_token_id:
-                break
-            toks.append(int(s.tokens[0]))
-        end = time.perf_counter()
-        decode_s += end - t1
-        caps.append(_text(model, toks))
-        enc_ms.append((t1 - t0) * 1e3)
-        ttft.append(((first or end) - t0) * 1e3)
-        first_ms.append(((first or end) - t1) * 1e3)
-    per_layer = layer_s / max(1, steps)
-    n = len(exits)
-    return {"captions": caps, "mean_exit_layer": round(sum(exits) / n, 3), "tokens": n,
-            "ttft_ms": _median(ttft), "encode_ms": _median(enc_ms),
-            "first_token_decode_ms": _median(first_ms),
-            "decode_tokens_per_s": round(n / decode_s, 1),
-            "propagation_ms_per_token": round(prop_s / n * 1e3, 4),
-            "propagation_share_of_decode": round(prop_s / decode_s, 4),
-            "propagation_layer_equiv_per_token": round(prop_s / n / per_layer, 3),
-            "kv_projections_per_token": round(props / n, 3),
-            "layer_step_ms": round(per_layer * 1e3, 4)}
+    captions: list[str] = field(default_factory=list)
+    exits: list[int] = field(default_factory=list)
+    ttft_ms: list[float] = field(default_factory=list)  # image encoding + first token
+    encode_ms: list[float] = field(default_factory=list)
+    first_ms: list[float] = field(default_factory=list)  # first token's decoding only
+    ms_per_token: list[float] = field(default_factory=list)  # decoding, per image
+    prop_s: float = 0.0
+    decode_s: float = 0.0
+    layer_s: float = 0.0
+    steps: int = 0
+    props: int = 0
+    batch_ms_per_token: list[float] = field(default_factory=list)  # batch-8 groups
+
+    def summary(self) -> dict[str, Any]:
+        n = len(self.exits)
+        per_layer = self.layer_s / max(1, self.steps)
+        return {"mean_exit_layer": round(sum(self.exits) / n, 3), "tokens": n,
+                "ttft_ms": _median(self.ttft_ms), "encode_ms": _median(self.encode_ms),
+                "first_token_decode_ms": _median(self.first_ms),
+                "decode_ms_per_token": _median(self.ms_per_token),
+                "decode_tokens_per_s": round(1e3 / _median(self.ms_per_token), 1),
+                "batch8_tokens_per_s": round(1e3 / _median(self.batch_ms_per_token), 1),
+                "propagation_share_of_decode": round(self.prop_s / self.decode_s, 4),
+                "propagation_layer_equiv_per_token": round(self.prop_s / n / per_layer, 3),
+                "kv_projections_per_token": round(self.props / n, 3),
+                "layer_step_ms": round(per_layer * 1e3, 4)}
+
+
+def bench_image(model: MultiExitCaptioner, px: torch.Tensor, policy: ExitPolicy,
+                max_tokens: int, rec: BenchRecord) -> None:
+    """Caption one image (batch 1) with `decode_token`, wall-clock, into `rec`."""
+    t0 = time.perf_counter()
+    state = model.encode_images(px[None], capacity=max_tokens)
+    t1 = time.perf_counter()
+    toks: list[int] = []
+    first, count = None, 0
+    while count < max_tokens:
+        count += 1
+        s = decode_token(model, state, policy)
+        first = first or time.perf_counter()
+        rec.exits.append(int(s.exit_layer[0]))
+        rec.prop_s += s.propagate_seconds
+        rec.layer_s += sum(s.layer_seconds)
+        rec.steps += len(s.layer_seconds)
+        rec.props += s.propagated
+        if int(s.tokens[0]) == model.config.eos_token_id:
+            break
+        toks.append(int(s.tokens[0]))
+    end = time.perf_counter()
+    rec.decode_s += end - t1
+    rec.captions.append(_text(model, toks))
+    rec.encode_ms.append((t1 - t0) * 1e3)
+    rec.ttft_ms.append(((first or end) - t0) * 1e3)
+    rec.first_ms.append(((first or end) - t1) * 1e3)
+    rec.ms_per_token.append((end - t1) * 1e3 / count)
+
+
+def bench_group(model: MultiExitCaptioner, pixels: torch.Tensor, policy: ExitPolicy,
+                max_tokens: int, rec: BenchRecord) -> None:
+    """A batch of images decoded together; finished captions leave between tokens."""
+    state = model.encode_images(pixels, capacity=max_tokens)
+    t0, tokens, n = time.perf_counter(), 0, 0
+    while len(state) and n < max_tokens:
+        step = decode_token(model, state, policy)
+        tokens += len(step.tokens)
+        n += 1
+        state = state.filter(step.tokens != model.config.eos_token_id)
+    rec.batch_ms_per_token.append((time.perf_counter() - t0) * 1e3 / tokens)
 
 
 def _median(xs: list[float]) -> float:
     return round(sorted(xs)[len(xs) // 2], 3)
-
-
-def bench_batched(model: MultiExitCaptioner, pixels: list[torch.Tensor], policy: ExitPolicy,
-                  max_tokens: int, batch: int) -> dict[str, Any]:
-    """Throughput with `batch` images at a time; finished captions leave between tokens."""
-    t0, tokens = time.perf_counter(), 0
-    for s in range(0, len(pixels), batch):
-        state = model.encode_images(torch.stack(pixels[s:s + batch]), capacity=max_tokens)
-        n = 0
-        while len(state) and n < max_tokens:
-            step = decode_token(model, state, policy)
-            tokens += len(step.tokens)
-            n += 1
-            state = state.filter(step.tokens != model.config.eos_token_id)
-    seconds = time.perf_counter() - t0
-    return {f"batch{batch}_tokens_per_s": round(tokens / seconds, 1),
-            f"batch{batch}_images_per_s": round(len(pixels) / seconds, 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -475,7 +486,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dir")
     p.add_argument("--images", type=int, default=150)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3, help="timing repeats (medians reported)")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -493,29 +503,26 @@ def main(argv: list[str] | None = None) -> int:
             "maxprob 0.5": build_policy("maxprob", L, {"threshold": 0.5}),
             "static exit 2": build_policy("static", L, {"layer": 2})}
     out: dict[str, Any] = {"artifact": args.dir, "images": n, "threads": args.threads,
-                           "repeats": args.repeats,
                            "machine": platform.platform(), "num_layers": L, "runs": {}}
-    timed = ("ttft_ms", "encode_ms", "first_token_decode_ms", "decode_tokens_per_s",
-             "propagation_ms_per_token", "propagation_share_of_decode",
-             "propagation_layer_equiv_per_token", "layer_step_ms", "batch8_tokens_per_s",
-             "batch8_images_per_s")
-    reps: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
+    recs = {name: BenchRecord() for name in runs}
+    names = list(runs)
+    cap = model.config.max_tokens
     with torch.inference_mode():
         warm_up(model)
-        for rep in range(args.repeats):  # interleaved, so load changes hit every policy alike
-            for name, pol in runs.items():
-                r = bench_policy(model, pixels, pol, model.config.max_tokens)
-                r.update(bench_batched(model, pixels, pol, model.config.max_tokens, 8))
-                reps[name].append(r)
-                print(rep, name, {k: r[k] for k in timed}, flush=True)
-    for name, rs in reps.items():
-        r = dict(rs[0])
-        for k in timed:
-            r[k] = _median([x[k] for x in rs])
-        r.update(caption_scores(r["captions"], refs))
-        r["exact_match"] = round(sum(c == ref[0] for c, ref in zip(r["captions"], refs,
+        for i, px in enumerate(pixels):  # policies interleaved per image (shared, noisy CPU)
+            for j in range(len(names)):
+                name = names[(i + j) % len(names)]
+                bench_image(model, px, runs[name], cap, recs[name])
+        for g in range(0, n - 7, 8):
+            for j in range(len(names)):
+                name = names[(g // 8 + j) % len(names)]
+                bench_group(model, torch.stack(pixels[g:g + 8]), runs[name], cap, recs[name])
+    for name, rec in recs.items():
+        r = rec.summary()
+        r.update(caption_scores(rec.captions, refs))
+        r["exact_match"] = round(sum(c == ref[0] for c, ref in zip(rec.captions, refs,
                                                                     strict=True)) / n, 4)
-        r["examples"] = r.pop("captions")[:3]
+        r["examples"] = rec.captions[:3]
         out["runs"][name] = r
         print(name, json.dumps({k: v for k, v in r.items() if k != "examples"}), flush=True)
     out["references"] = [rs[0] for rs in refs[:3]]
