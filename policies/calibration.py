@@ -66,12 +66,15 @@ class CalibrationConfig:
     min_support: int = 30  # BEEM per-exit support floor (validation rows)
     reference: str = "paired"  # BEEM per-exit target: "paired" or "overall" (paper p_L)
     eenet_budget: float | None = None  # fixed EENet budget (fraction of full cost); None: guarded
+    beem_target_speedup: float | None = None  # BEEM: global alpha for this layer speed-up instead
     eenet: EENetFitConfig = field(default_factory=EENetFitConfig)
 
     def validate(self) -> None:
         check_number("tolerance", self.tolerance, 0.0, 1.0)
         check_confidence(self.confidence)
         check_int("min_support", self.min_support, 1, 10**9)
+        if self.beem_target_speedup is not None:
+            check_number("beem: target_speedup", self.beem_target_speedup, 1.0, 1e6)
         self.beem().validate()
 
     def beem(self, reset: str = "weighted") -> BeemFitConfig:
@@ -207,6 +210,8 @@ def fit_beem(data: Split, cfg: CalibrationConfig) -> PolicyCalibration:
     """Both weightings x (guarded per-exit thresholds, each exit's rows alone or pooled with the
     rows that left earlier; guarded global alpha); keep the fastest on validation. The best fit
     of each weighting is stored as its variant so a request can pick a weighting."""
+    if cfg.beem_target_speedup is not None:
+        return fit_beem_for_speedup(data, cfg, cfg.beem_target_speedup)
     bcfg = cfg.beem()
     fits: dict[str, BeemFit] = {}
     tried: list[dict[str, Any]] = []
@@ -217,9 +222,26 @@ def fit_beem(data: Split, cfg: CalibrationConfig) -> PolicyCalibration:
         tried += [{"weighting": weighting, **_beem_record(f)} for f in cands]
         fits[weighting] = best_fit(cands, cfg.tolerance)
     chosen = best_fit(list(fits.values()), cfg.tolerance)
+    return _beem_calibration(chosen, fits, cfg, tried)
+
+
+def fit_beem_for_speedup(data: Split, cfg: CalibrationConfig,
+                         speedup: float) -> PolicyCalibration:
+    """One global alpha per weighting, the most accurate reaching `speedup` (layer speed-up) on
+    validation; the more accurate weighting is served. No accuracy guard: the speed is the goal."""
+    bcfg = cfg.beem()
+    fits = {w: fit_global(data.logits, data.labels, data.costs, weights, w, bcfg, speedup)
+            for w, weights in beem_weight_options(data).items()}
+    tried = [{"weighting": w, **_beem_record(f)} for w, f in fits.items()]
+    chosen = max(fits.values(), key=lambda f: (f.point.accuracy, f.point.layer_speedup))
+    return _beem_calibration(chosen, fits, cfg, tried, target_speedup=speedup)
+
+
+def _beem_calibration(chosen: BeemFit, fits: dict[str, BeemFit], cfg: CalibrationConfig,
+                      tried: list[dict[str, Any]], **extra: Any) -> PolicyCalibration:
     label = "BEEM-A" if chosen.weighting == "accuracy" else "BEEM-C"
     fit = _guard_fit(cfg, f"{chosen.method} thresholds, {label}", min_support=cfg.min_support,
-                     reference=cfg.reference, candidates=tried)
+                     reference=cfg.reference, candidates=tried, **extra)
     variants = {w: {"weights": f.weights, "thresholds": f.thresholds, "method": f.method}
                 for w, f in fits.items()}
     return PolicyCalibration("beem", chosen.params(), chosen.point, fit, variants)

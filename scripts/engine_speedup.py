@@ -40,7 +40,7 @@ async def measure(path: str, device: str, policies: list[str], batch: int, n: in
     await engine.start()
     texts = load_movie_reviews().test.texts
     groups = [texts[(i * batch) % len(texts):(i * batch) % len(texts) + batch]
-              for i in range((n + warmup))]
+              for i in range(n + warmup)]
     groups = [g for g in groups if len(g) == batch]
     rows: dict[str, dict[str, list[float]]] = {p: {"compute": [], "client": [], "exit": []}
                                                for p in policies}

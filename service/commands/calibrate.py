@@ -31,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--reference", default="paired", choices=["paired", "overall"],
                    help="BEEM per-exit target: the last exit on the same rows (paired) or its "
                         "overall error rate (the paper)")
+    p.add_argument("--beem-target-speedup", type=float, metavar="X",
+                   help="BEEM: one global alpha, the most accurate reaching this layer speed-up "
+                        "on validation (instead of the guarded accuracy target)")
     p.add_argument("--eenet-budget", type=float, metavar="B",
                    help="fit EENet for this average cost (fraction of full cost) instead of the "
                         "smallest budget within the tolerance")
@@ -56,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise CliError(f"unknown policy {unknown[0]!r}; known: {', '.join(POLICIES)}")
     cfg = guard_config(args, min_support=args.min_support, reference=args.reference,
-                       eenet_budget=args.eenet_budget)
+                       eenet_budget=args.eenet_budget,
+                       beem_target_speedup=args.beem_target_speedup)
     manifest = calibrate_artifact(args.dir, names, cfg)
     fitted = names or list(POLICIES)
     print(f"calibrated {', '.join(fitted)} on {args.dir} (validation split); "

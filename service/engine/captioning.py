@@ -388,10 +388,6 @@ def _token_info(model: MultiExitCaptioner, token: int, layer: int) -> TokenInfo:
     return TokenInfo(text=str(model.tokenizer.decode([token])), token_id=token, exit_layer=layer)
 
 
-def error_of(item: Any) -> EngineError | None:
-    return item if isinstance(item, EngineError) else None
-
-
 # ---- offline benchmark (`python -m service.engine.captioning DIR`) -------------------------------
 @dataclass
 class BenchRecord:

@@ -79,6 +79,15 @@ def test_beem_c_weights_come_from_the_measured_costs(
     assert cost == pytest.approx([c / 6.2 for c in (1.2, 2.2, 3.2, 4.2, 5.2, 6.2)])
 
 
+def test_beem_global_alpha_for_a_target_speedup(val_logits: Logits) -> None:
+    cfg = CalibrationConfig(beem_target_speedup=1.8)
+    cal = calibrate(Split(*val_logits, COSTS), ["beem"], cfg)["beem"]
+    assert cal.fit["target_speedup"] == 1.8 and cal.fit["method"].startswith("global")
+    assert 1.8 <= cal.point.layer_speedup < 2.0
+    thresholds = cal.params["thresholds"]
+    assert thresholds[-1] is None and len(set(thresholds[:-1])) == 1
+
+
 def test_eenet_records_how_the_budget_was_found(fitted: dict[str, PolicyCalibration]) -> None:
     fit = fitted["eenet"].fit
     assert fit["runs"] and fit["budget"] == fitted["eenet"].params["budget"]

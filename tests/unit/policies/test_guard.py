@@ -10,6 +10,7 @@ import torch
 from policies import PolicyError
 from policies.guard import (
     binom_cdf,
+    cp_lower,
     cp_upper,
     cp_upper_at_most,
     loss_upper,
@@ -70,7 +71,8 @@ def test_paired_counts_and_loss_bound() -> None:
     pred = torch.tensor([0, 1, 1, 0, 1, 1])  # loses rows 0 and 4, gains row 2
     c = paired_counts(pred, final, labels)
     assert (c.lost, c.gained, c.n) == (2, 1, 6)
-    assert c.upper(0.9) == pytest.approx(float(cp_upper(2, 6, 0.9)) - 1 / 6)
+    each = 0.95  # Bonferroni: both bounds at (1 + 0.9) / 2
+    assert c.upper(0.9) == pytest.approx(float(cp_upper(2, 6, each)) - float(cp_lower(1, 6, each)))
     assert c.upper(0.9) > (2 - 1) / 6  # the bound lies above the point estimate
     with pytest.raises(PolicyError, match="shapes differ"):
         paired_counts(pred[:3], final, labels)
@@ -79,20 +81,34 @@ def test_paired_counts_and_loss_bound() -> None:
 def test_only_rows_that_left_early_can_be_lost() -> None:
     assert float(loss_upper(0, 0, 1000, 0.9, early=0)) == 0.0  # full depth: exactly no loss
     small = float(loss_upper(0, 0, 1000, 0.9, early=100))
-    assert small == pytest.approx(100 * float(cp_upper(0, 100, 0.9)) / 1000)
+    assert small == pytest.approx(100 * float(cp_upper(0, 100, 0.95)) / 1000)
     assert small < float(loss_upper(0, 0, 1000, 0.9))
 
 
 def test_loss_within_is_the_bound_against_the_tolerance() -> None:
-    lost = torch.tensor([0.0, 2.0, 2.0, 10.0])
-    gained = torch.tensor([0.0, 0.0, 2.0, 0.0])
-    n = torch.tensor([1000.0, 1000.0, 1000.0, 0.0])
+    lost = torch.tensor([0.0, 2.0, 2.0, 6.0, 10.0])
+    gained = torch.tensor([0.0, 0.0, 2.0, 0.0, 0.0])
+    n = torch.tensor([1000.0, 1000.0, 1000.0, 1000.0, 0.0])
     upper = loss_upper(lost, gained, n, 0.8)
-    assert loss_within(lost, gained, n, 0.005, 0.8).tolist() == \
-        [bool(u <= 0.005) for u in upper[:3]] + [True]
-    assert loss_within(lost, gained, n, 0.005, 0.8).tolist() == [True, True, True, True]
-    assert not bool(loss_within(torch.tensor(6.0), torch.tensor(0.0), torch.tensor(1000.0),
-                                0.005, 0.8))  # point loss 0.6 pt
+    within = loss_within(lost, gained, n, 0.005, 0.8)
+    assert within.tolist() == [True, False, True, False, True]  # gains offset losses
+    assert within[:4].tolist() == (upper[:4] <= 0.005).tolist()
+
+
+def test_gains_are_credited_at_their_lower_bound() -> None:
+    """11 lost / 11 gained among 384 early rows: a point loss of 0, but both counts are noisy."""
+    assert float(loss_upper(11, 11, 1057, 0.8, early=384)) > 0.005
+    assert float(loss_upper(11, 11, 1057, 0.8, early=384)) < float(loss_upper(11, 0, 1057, 0.8,
+                                                                               early=384))
+
+
+@pytest.mark.parametrize(("x", "n"), [(1, 10), (5, 50), (30, 400)])
+def test_lower_bound_solves_the_tail_equation(x: int, n: int) -> None:
+    lo = float(cp_lower(x, n, 0.9))
+    assert 0 < lo < x / n
+    assert 1 - _cdf(x - 1, n, lo) == pytest.approx(0.1, abs=1e-9)
+    assert float(cp_lower(0, n, 0.9)) == 0.0
+    assert float(cp_lower(n, n, 0.9)) == pytest.approx(0.1 ** (1 / n))
 
 
 @pytest.mark.parametrize("confidence", [0.2, 1.0, math.nan])
