@@ -22,12 +22,12 @@ run: $(STAMP)
 tools: $(STAMP)
 	-scripts/ci_tools.sh
 
-## test: install if needed, then the whole test suite
-test: $(STAMP) tools
+## test: install if needed, then lint (ruff, mypy) and the whole test suite
+test: $(STAMP) tools lint
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check service policies models tests
+	$(BIN)/ruff check service policies models tests scripts deploy
 	$(BIN)/mypy service policies
 
 clean:

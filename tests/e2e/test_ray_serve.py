@@ -34,9 +34,21 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ray_serve(tiny_artifact: Path) -> Iterator[tuple[str, str]]:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on 127.0.0.1
+def loopback_ray() -> Iterator[None]:
+    """Keep every Ray connection on 127.0.0.1. Ray replaces a loopback node address by the
+    machine's interface address unless its 'local only' switch is off; that switch is read when
+    `ray._private.ray_constants` is first imported, so it is set on the module as well."""
+    from ray._private import ray_constants
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        mp.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def ray_serve(tiny_artifact: Path, loopback_ray: None) -> Iterator[tuple[str, str]]:
     sys.path.insert(0, str(ROOT))
     from deploy.ray.app import EeserveDeployment
 
@@ -50,6 +62,7 @@ def ray_serve(tiny_artifact: Path) -> Iterator[tuple[str, str]]:
              runtime_env={"env_vars": env},
              _system_config={"metrics_report_interval_ms": 1000})
     try:
+        assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
         app = EeserveDeployment.options(ray_actor_options={"num_cpus": 0.5}).bind()
         serve.run(app, name="eeserve", route_prefix="/")
