@@ -40,6 +40,7 @@ class Cohort:
     batch: TextBatch  # (B, T, H) hidden states at `batch.layer`
     state: PolicyState  # (B,) policy memory
     rows: list[Row]
+    skipped: int = 0  # rounds this cohort waited for younger cohorts to catch up
 
     @property
     def layer(self) -> int:

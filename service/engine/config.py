@@ -15,6 +15,8 @@ class EngineConfig:
     max_batch_size: int = 16  # rows in flight across all cohorts
     max_queue_delay_ms: float = 2.0  # batching window when the engine is idle
     queue_limit: int = 256  # queued rows before Overloaded
+    admit_wait_rounds: int = 2  # rounds queued rows may wait for half the batch to free up
+    catch_up_rounds: int = 6  # rounds a deeper cohort may wait for younger ones to merge
     default_policy: str | None = None  # overrides each model's own default
     request_timeout_ms: float = 30_000  # default and largest deadline
     long_text: str = "truncate"  # or "reject"

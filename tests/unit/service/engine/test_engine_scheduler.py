@@ -212,3 +212,48 @@ async def test_heads_are_skipped_where_no_exit_is_possible(engine: InProcessEngi
     await engine.classify(ClassifyRequest(texts=TEXTS[:1], policy="none",
                                           latency_budget_ms=60_000))
     assert calls == [("step", 1), ("step", 2), ("step", 3)]  # a budget may force any exit
+
+
+async def test_catch_up_merges_a_younger_cohort_into_an_older_one(tiny_artifact: Path) -> None:
+    from service.engine.handles import PolicyKey, RequestHandle
+    from service.engine.scheduler import Scheduler
+
+    e = _engine(tiny_artifact, max_batch_size=8)
+    await e.start()
+    try:
+        served = next(iter(e.served.values()))
+        key = PolicyKey("none", ())
+        sched = Scheduler(e.served, EngineConfig(models=(), max_batch_size=8,
+                                                 max_queue_delay_ms=0.0), ListSink())
+        loop = asyncio.get_running_loop()
+
+        def submit(texts: list[str]) -> RequestHandle:
+            h = RequestHandle(model=served.name, policy=key, policy_obj=served.policy(key),
+                              encoded=served.model.encode(texts), future=loop.create_future(),
+                              loop=loop, request_id="r", arrival=0.0, deadline=1e18,
+                              budget_s=None, return_trace=False)
+            sched.reserve(len(texts))
+            sched.submit(h)
+            return h
+
+        def round_() -> None:
+            chunks = sched._schedule()
+            assert chunks is not None
+            sched._admit(chunks)
+            sched._run_round()
+
+        first = submit(TEXTS[:2])
+        round_()
+        assert [c.layer for c in sched.cohorts] == [1]
+        second = submit(TEXTS[2:4])
+        round_()  # the new cohort runs layer 1, the older one waits, then they merge
+        assert [(c.layer, len(c)) for c in sched.cohorts] == [(1, 4)]
+        round_()
+        round_()
+        assert sched.cohorts == []
+        r1, r2 = await first.future, await second.future
+        assert [r.exit_layer for r in r1 + r2] == [3, 3, 3, 3]
+        exits, preds = _offline(e, TEXTS[:4], "none", {})
+        assert [r.label_id for r in r1 + r2] == preds
+    finally:
+        await e.shutdown(1.0)
