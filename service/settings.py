@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000,
                                       description="how long the batcher waits to fill a batch")
     queue_limit: int = Field(256, ge=1, description="queued rows before 429 Overloaded")
+    admit_wait_rounds: int = Field(2, ge=0, le=64, description="layer rounds queued texts may "
+                                   "wait for half the batch to free up (bigger cohorts)")
+    catch_up_rounds: int = Field(0, ge=0, le=64, description="layer rounds a deeper cohort may "
+                                 "wait for younger ones to reach it and merge; 0 = never wait")
     default_policy: str | None = Field(None, description="policy when a request names none; "
                                                          "None = each model's own default")
     torch_threads: int | None = Field(None, ge=1, le=1024)

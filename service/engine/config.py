@@ -16,7 +16,7 @@ class EngineConfig:
     max_queue_delay_ms: float = 2.0  # batching window when the engine is idle
     queue_limit: int = 256  # queued rows before Overloaded
     admit_wait_rounds: int = 2  # rounds queued rows may wait for half the batch to free up
-    catch_up_rounds: int = 6  # rounds a deeper cohort may wait for younger ones to merge
+    catch_up_rounds: int = 0  # rounds a deeper cohort may wait for younger ones to merge (0: off)
     default_policy: str | None = None  # overrides each model's own default
     request_timeout_ms: float = 30_000  # default and largest deadline
     long_text: str = "truncate"  # or "reject"
@@ -27,5 +27,6 @@ class EngineConfig:
         return cls(models=tuple(s.models), device=s.device, dtype=s.dtype,
                    max_batch_size=s.max_batch_size, max_queue_delay_ms=s.max_queue_delay_ms,
                    queue_limit=s.queue_limit, default_policy=s.default_policy,
+                   admit_wait_rounds=s.admit_wait_rounds, catch_up_rounds=s.catch_up_rounds,
                    request_timeout_ms=s.request_timeout_ms, long_text=s.long_text,
                    torch_threads=s.torch_threads)

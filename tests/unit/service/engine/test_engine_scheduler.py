@@ -223,7 +223,7 @@ async def test_catch_up_merges_a_younger_cohort_into_an_older_one(tiny_artifact:
     try:
         served = next(iter(e.served.values()))
         key = PolicyKey("none", ())
-        sched = Scheduler(e.served, EngineConfig(models=(), max_batch_size=8,
+        sched = Scheduler(e.served, EngineConfig(models=(), max_batch_size=8, catch_up_rounds=6,
                                                  max_queue_delay_ms=0.0), ListSink())
         loop = asyncio.get_running_loop()
 
