@@ -100,6 +100,16 @@ class ClassifyResultOut(BaseModel):
                    budget_forced=r.budget_forced, truncated=r.truncated, trace=trace)
 
 
+def result_dict(r: ClassifyResult) -> dict[str, Any]:
+    """`ClassifyResultOut` as a plain dict, built without pydantic (the hot path)."""
+    trace = None if r.trace is None else [
+        {"layer": t.layer, "prediction": t.prediction, "confidence": t.confidence,
+         "score": t.score} for t in r.trace]
+    return {"label": r.label, "label_id": r.label_id, "probabilities": list(r.probabilities),
+            "exit_layer": r.exit_layer, "num_layers": r.num_layers, "confidence": r.confidence,
+            "budget_forced": r.budget_forced, "truncated": r.truncated, "trace": trace}
+
+
 class Timing(BaseModel):
     queue_ms: float = Field(description="longest wait in the batcher queue among the inputs")
     compute_ms: float = Field(description="longest engine compute time among the inputs")
