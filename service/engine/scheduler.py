@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -32,6 +33,17 @@ from service.protocol import DeadlineExceeded, InternalError, NotReady, Overload
 from service.stats import IterationStats, SampleStats, StatsSink
 
 log = logging.getLogger("eeserve.engine")
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Ran(Generic[T]):
+    """What one guarded model call gave: its value, or (None and) cohorts to run again."""
+
+    value: T | None
+    retry: list[Cohort]
 
 
 @dataclass(frozen=True)
@@ -240,32 +252,34 @@ class Scheduler:
         lowest = min(o.layer for o in self.cohorts if o.model == c.model)
         return c.layer == lowest
 
-    def _advance(self, served: ServedModel, cohorts: list[Cohort]) -> list[Cohort]:
-        """A layer where no row can exit: no head, no policy, rows unchanged."""
+    def _run_model(self, served: ServedModel, cohorts: list[Cohort],
+                   fn: Callable[[Any, list[Cohort]], T]) -> Ran[T]:
+        """Run `fn(model, cohorts)` for one layer, timed. A failure fails only these requests;
+        out of memory hands the cohorts back split, for the next round."""
         t0 = now()
         try:
-            batches = advance_group(served.model, cohorts)
+            out = fn(served.model, cohorts)
         except torch.OutOfMemoryError:
-            return self._out_of_memory(cohorts)
+            return Ran(None, self._out_of_memory(cohorts))
         except Exception as e:  # noqa: BLE001 -- fail only the requests in this step
             self._fail([r.handle for c in cohorts for r in c.rows], e)
-            return []
+            return Ran(None, [])
         self.sink.record_iteration(IterationStats(served.name, sum(len(c) for c in cohorts),
                                                   cohorts[0].layer + 1, now() - t0))
-        return [replace(c, batch=b) for c, b in zip(cohorts, batches, strict=True)]
+        return Ran(out, [])
+
+    def _advance(self, served: ServedModel, cohorts: list[Cohort]) -> list[Cohort]:
+        """A layer where no row can exit: no head, no policy, rows unchanged."""
+        ran = self._run_model(served, cohorts, advance_group)
+        if ran.value is None:
+            return ran.retry
+        return [replace(c, batch=b) for c, b in zip(cohorts, ran.value, strict=True)]
 
     def _step(self, served: ServedModel, cohorts: list[Cohort]) -> list[Cohort]:
-        t0 = now()
-        try:
-            outs = run_group(served.model, cohorts)
-        except torch.OutOfMemoryError:
-            return self._out_of_memory(cohorts)
-        except Exception as e:  # noqa: BLE001 -- fail only the requests in this step
-            self._fail([r.handle for c in cohorts for r in c.rows], e)
-            return []
-        rows = sum(len(c) for c in cohorts)
-        self.sink.record_iteration(IterationStats(served.name, rows, cohorts[0].layer + 1,
-                                                  now() - t0))
+        ran = self._run_model(served, cohorts, run_group)
+        if ran.value is None:
+            return ran.retry
+        outs = ran.value
         kept = []
         for c, (logits, batch) in zip(cohorts, outs, strict=True):
             try:
