@@ -28,15 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from overload import SENTENCES, capacity, rss_mb  # noqa: E402
 
-# (kind, body, expected statuses): one in five requests is deliberately bad
+# (kind, body, expected statuses): one in five requests is deliberately bad. A 429 is a right
+# answer to any of them: when the queue is full, requests are shed before the body is read.
 BAD = [
-    ("empty-list", {"inputs": []}, {400}),
-    ("not-a-string", {"inputs": [1, 2]}, {400}),
-    ("unknown-policy", {"inputs": "x", "policy": "nope"}, {400}),
-    ("negative-budget", {"inputs": "x", "latency_budget_ms": -1}, {400}),
-    ("unknown-model", {"inputs": "x", "model": "nope"}, {404}),
-    ("bad-param", {"inputs": "x", "policy": "maxprob", "params": {"threshold": 3}}, {400}),
-    ("too-long", {"inputs": "word " * 1000}, {400}),
+    ("empty-list", {"inputs": []}, {400, 429}),
+    ("not-a-string", {"inputs": [1, 2]}, {400, 429}),
+    ("unknown-policy", {"inputs": "x", "policy": "nope"}, {400, 429}),
+    ("negative-budget", {"inputs": "x", "latency_budget_ms": -1}, {400, 429}),
+    ("unknown-model", {"inputs": "x", "model": "nope"}, {404, 429}),
+    ("bad-param", {"inputs": "x", "policy": "maxprob", "params": {"threshold": 3}}, {400, 429}),
+    ("too-long", {"inputs": "word " * 1000}, {400, 429}),
 ]
 
 

@@ -1,7 +1,9 @@
 """`eeserve serve [DIR ...] [--host --port --device ...]`: serve artifacts with uvicorn.
 
 With no directory (and no `EESERVE_MODELS`), serves the default text model, building it first
-when it is missing. Flags win over `EESERVE_*` environment variables.
+when it is missing, plus `artifacts/caption-default` when that has been built
+(`eeserve train caption-default --out artifacts/caption-default`). Flags win over `EESERVE_*`
+environment variables.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
         from service.commands.train import build_default
 
         settings.models = [str(build_default(device=settings.device))]
+        caption = Path(os.environ.get("EESERVE_CAPTION_MODEL_DIR", "artifacts/caption-default"))
+        if (caption / "manifest.json").exists():  # served too once built (eeserve train)
+            settings.models.append(str(caption))
     for m in settings.models:
         if not Path(m).is_dir():
             raise CliError(f"{m}: no such artifact directory")

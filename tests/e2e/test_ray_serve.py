@@ -64,7 +64,8 @@ def ray_serve(tiny_artifact: Path, loopback_ray: None) -> Iterator[tuple[str, st
     try:
         assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
-        app = EeserveDeployment.options(ray_actor_options={"num_cpus": 0.5}).bind()
+        app = EeserveDeployment.options(num_replicas=2,
+                                        ray_actor_options={"num_cpus": 0.5}).bind()
         serve.run(app, name="eeserve", route_prefix="/")
         url = f"http://127.0.0.1:{http_port}"
         deadline = time.monotonic() + 120
@@ -98,21 +99,34 @@ def test_classify_through_the_serve_proxy(ray_serve):
         assert bad.status_code in (400, 422) and bad.json()["code"] == "bad_request"
 
 
-def test_metrics_exported_by_ray_with_eeserve_names(ray_serve):
+def test_two_replicas_answer_and_their_metrics_add_up(ray_serve):
     url, metrics_url = ray_serve
-    with httpx.Client(base_url=url, trust_env=False, timeout=30) as c:
-        for _ in range(12):
-            assert c.post("/v1/classify", json={"inputs": "great", "policy": "none"}).is_success
-    deadline = time.monotonic() + 60
+    sent = 24
+
+    def call(_: int) -> bool:
+        with httpx.Client(base_url=url, trust_env=False, timeout=60) as c:
+            return c.post("/v1/classify", json={"inputs": "great", "policy": "none"}).is_success
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(call, range(sent)))
+    ok_series = r'ray_eeserve_requests_total{{[^}}]*status="ok"[^}}]*}}'
+    deadline = time.monotonic() + 90
     text = ""
     while time.monotonic() < deadline:
         text = httpx.get(metrics_url, timeout=5, trust_env=False).text
-        if _sum(text, "ray_eeserve_exit_layer_count") >= 12:
+        if _sum(text, "ray_eeserve_exit_layer_count") >= sent + 2:
             break
         time.sleep(1)
-    assert _sum(text, "ray_eeserve_exit_layer_count") >= 12, "exit layers not exported"
-    assert _sum(text, 'ray_eeserve_requests_total') >= 12
-    line = next(x for x in text.splitlines() if x.startswith("ray_eeserve_requests_total{"))
+    # every classified text of this module (2 in the proxy test + `sent` here) and every ok
+    # request (1 + `sent`) counted exactly once, summed over the two replicas' own series
+    assert _sum(text, "ray_eeserve_exit_layer_count") == sent + 2, "exit layers do not add up"
+    ok_lines = [x for x in text.splitlines() if re.match(ok_series.format(), x)]
+    assert sum(float(x.rsplit(" ", 1)[1]) for x in ok_lines) == sent + 1
+    replicas = {re.search(r'replica="([^"]+)"', x).group(1) for x in ok_lines}  # type: ignore[union-attr]
+    assert len(replicas) == 2, f"requests reached {replicas}"
+    line = ok_lines[0]
     for label in ("model=", "policy=", "endpoint=", "status=", "deployment=", "replica="):
         assert label in line, line
     assert re.search(r'ray_eeserve_exit_layer_bucket\{[^}]*le="3\.5"', text)
