@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from models.base import Encoded
 from models.loading import load_artifact, resolve_device
 from service.engine.captioning import CaptionHandle, CaptionRunner, decode_images
 from service.engine.captioning import warm_up as warm_up_captioner
@@ -54,6 +55,7 @@ class InProcessEngine:
         self.scheduler: Scheduler | None = None
         self._thread: threading.Thread | None = None
         self._ready = False
+        self._warmed = threading.Event()
         self.captions: CaptionRunner | None = None  # worker for captioner models, when loaded
         self._caption_thread: threading.Thread | None = None
 
@@ -63,6 +65,7 @@ class InProcessEngine:
         self.scheduler = Scheduler(self.served, self.cfg, self.sink)
         self._thread = threading.Thread(target=self._worker, name="eeserve-engine", daemon=True)
         self._thread.start()
+        await asyncio.to_thread(self._warmed.wait)  # text models warm up on the worker thread
         if any(m.loaded.kind == "captioner" for m in self.served.values()):
             self.captions = CaptionRunner(self.cfg.max_batch_size, self.cfg.queue_limit,
                                           self.sink)
@@ -92,22 +95,49 @@ class InProcessEngine:
             default = self.cfg.default_policy or loaded.manifest.get("default_policy") or "none"
             self.served[loaded.name] = ServedModel(loaded, default, device,
                                                    seed_step_cost(loaded.manifest))
-            self._warm_up(self.served[loaded.name])
+            if loaded.kind == "captioner":
+                self._warm_up(self.served[loaded.name])
             log.info("model loaded", extra={"model": loaded.name, "path": path,
                                             "device": device, "exits": loaded.model.num_exits,
                                             "seconds": round(time.perf_counter() - t0, 3)})
 
     def _warm_up(self, served: ServedModel) -> None:
+        """Run every sequence length once at batch 1, and a few lengths at larger batches.
+
+        The CPU kernels cache per shape: on the default model the first request of each new
+        length ran ~25 % slower (11.3 vs 8.9 ms at full depth, in a plain loop) until every
+        length had been seen. Runs on the worker thread, before the engine reports ready.
+        """
         if served.loaded.kind == "captioner":
             warm_up_captioner(served.model)
             return
-        enc = served.model.encode(["warm up the engine"])
-        served.model.all_exit_logits(enc)
+        model = served.model
+        tok = model.tokenizer
+        filler = tok.convert_tokens_to_ids(tok.tokenize("movie"))[:1] or [tok.unk_token_id or 0]
+        first = tok.cls_token_id if tok.cls_token_id is not None else filler[0]
+        last = tok.sep_token_id if tok.sep_token_id is not None else filler[0]
+        shapes = [(1, t) for t in range(2, model.config.max_length + 1)]
+        shapes += [(b, t) for b in (2, 4, 8, 16) if b <= self.cfg.max_batch_size
+                   for t in range(8, model.config.max_length + 1, 8)]
+        for b, t in shapes:
+            ids = torch.full((b, t), filler[0], dtype=torch.long)  # (B, T)
+            ids[:, 0], ids[:, -1] = first, last
+            enc = Encoded(ids.to(model.device), torch.ones_like(ids).to(model.device), [t] * b,
+                          [False] * b)
+            model.all_exit_logits(enc)
 
     def _worker(self) -> None:
         assert self.scheduler is not None
         torch.set_grad_enabled(False)
         with torch.inference_mode():
+            try:  # on this thread: the CPU kernels' per-shape caches belong to the thread
+                for served in self.served.values():
+                    if served.loaded.kind != "captioner":
+                        self._warm_up(served)
+            except Exception as e:  # noqa: BLE001 -- a failed warm-up only costs speed
+                log.warning("warm-up failed", extra={"error": f"{type(e).__name__}: {e}"})
+            finally:
+                self._warmed.set()
             self.scheduler.run_forever()
 
     def _caption_worker(self) -> None:
