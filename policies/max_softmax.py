@@ -5,51 +5,28 @@ One global threshold or one per exit (`None` never fires); thresholds lie in [0,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from policies.base import (
-    Decision,
-    EmptyState,
     ExitPolicy,
-    PolicyError,
-    PolicyState,
-    check_number,
     merge_params,
-    probabilities,
     register,
-    threshold_value,
     thresholds_from,
 )
+from policies.threshold import ConfidenceThresholdPolicy
 
 DEFAULT_THRESHOLD = 0.9
 
 
-class MaxProbPolicy(ExitPolicy):
+class MaxProbPolicy(ConfidenceThresholdPolicy):
     name = "maxprob"
 
-    def __init__(self, num_exits: int, thresholds: Sequence[float | None]):
-        super().__init__(num_exits)
-        if len(thresholds) != num_exits:
-            raise PolicyError(f"maxprob: thresholds needs {num_exits} values, "
-                              f"got {len(thresholds)}")
-        self.thresholds = [None if t is None else
-                           check_number(f"maxprob: thresholds[{i}]", t, 0.0, 1.0)
-                           for i, t in enumerate(thresholds)]
-
-    def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> PolicyState:
-        return EmptyState(rows=torch.zeros(batch_size, dtype=torch.bool, device=device))
-
-    def step(self, state: PolicyState, k: int, logits: torch.Tensor) -> Decision:
-        assert isinstance(state, EmptyState)
-        self.check_input(k, logits, state.rows.shape[0])
-        conf, pred = probabilities(logits).max(dim=-1)  # (B,), (B,)
-        return Decision(conf >= threshold_value(self.thresholds[k - 1]), pred, conf, state)
-
-    def params(self) -> dict[str, Any]:
-        return {"thresholds": self.thresholds}
+    def confidence(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        conf, pred = probs.max(dim=-1)  # (B,), (B,)
+        return conf, pred
 
 
 @register("maxprob")
