@@ -10,10 +10,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.protocol import EngineError, Overloaded
+from service.routes_v1 import ClientGone
 
 CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "bad_request",
          413: "payload_too_large", 415: "bad_request", 422: "bad_request", 429: "overloaded",
@@ -55,10 +56,6 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str]:
 
 
 def install(app: FastAPI) -> None:
-    from fastapi.responses import Response
-
-    from service.routes_v1 import ClientGone
-
     @app.exception_handler(ClientGone)
     async def _gone(request: Request, exc: ClientGone) -> Response:
         return Response(status_code=499)  # nobody reads it; nginx's "client closed request"

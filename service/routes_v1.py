@@ -11,7 +11,8 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from service.protocol import BadRequest, ClassifyRequest, EngineClient, NotReady
+from service.metrics import CONTENT_TYPE
+from service.protocol import BadRequest, ClassifyRequest, EngineClient, NotReady, UnknownModel
 from service.schemas import (
     ClassifyBody,
     ClassifyResponse,
@@ -94,8 +95,6 @@ async def get_model(name: str, request: Request) -> ModelInfoOut:
     for m in engine_of(request).models():
         if m.name == name:
             return ModelInfoOut.of(m)
-    from service.protocol import UnknownModel
-
     raise UnknownModel(f"unknown model {name!r}", "name")
 
 
@@ -107,14 +106,17 @@ def check_texts(body: ClassifyBody, settings: Settings) -> list[str]:
     if len(texts) > settings.max_texts_per_request:
         raise BadRequest(f"inputs: {len(texts)} texts is over the limit of "
                          f"{settings.max_texts_per_request} (max_texts_per_request)", "inputs")
-    for i, t in enumerate(texts):
-        if not t.strip():
-            raise BadRequest(f"inputs[{i}]: text is empty", f"inputs[{i}]")
-        if len(t) > settings.max_chars_per_text:
-            raise BadRequest(f"inputs[{i}]: {len(t)} characters is over the limit of "
-                             f"{settings.max_chars_per_text} (max_chars_per_text)",
-                             f"inputs[{i}]")
-    return texts
+    return [check_text(t, f"inputs[{i}]", settings) for i, t in enumerate(texts)]
+
+
+def check_text(text: str, field: str, settings: Settings) -> str:
+    """One text: non-empty and within `max_chars_per_text` (BadRequest naming `field`)."""
+    if not text.strip():
+        raise BadRequest(f"{field}: text is empty", field)
+    if len(text) > settings.max_chars_per_text:
+        raise BadRequest(f"{field}: {len(text)} characters is over the limit of "
+                         f"{settings.max_chars_per_text} (max_chars_per_text)", field)
+    return text
 
 
 @router.post("/v1/classify", response_model=ClassifyResponse, tags=["inference"],
@@ -160,6 +162,4 @@ def resolve_names(engine: EngineClient, model: str | None,
 async def metrics(request: Request) -> Response:
     """Prometheus metrics (text exposition format)."""
     sink = request.app.state.sink
-    from service.metrics import CONTENT_TYPE
-
     return Response(sink.render(), media_type=CONTENT_TYPE)

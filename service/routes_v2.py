@@ -35,7 +35,7 @@ from service.protocol import (
     NotReady,
     UnknownModel,
 )
-from service.routes_v1 import ERRORS, engine_of, unless_disconnected
+from service.routes_v1 import ERRORS, check_text, engine_of, unless_disconnected
 from service.schemas import (
     InferRequestBody,
     LiveOut,
@@ -177,13 +177,9 @@ def _texts(body: InferRequestBody, raw: RawRequest, settings: Settings) -> list[
             s = b.decode("utf-8") if isinstance(b, bytes) else b
         except UnicodeDecodeError:
             raise BadRequest(f"inputs[0][{i}] is not UTF-8 text", "inputs[0].data") from None
-        if not isinstance(s, str) or not s.strip():
-            raise BadRequest(f"inputs[0][{i}] must be a non-empty string", "inputs[0].data")
-        if len(s) > settings.max_chars_per_text:
-            raise BadRequest(f"inputs[0][{i}]: {len(s)} characters is over the limit of "
-                             f"{settings.max_chars_per_text} (max_chars_per_text)",
-                             "inputs[0].data")
-        texts.append(s)
+        if not isinstance(s, str):
+            raise BadRequest(f"inputs[0][{i}] must be a string", "inputs[0].data")
+        texts.append(check_text(s, f"inputs[0].data[{i}]", settings))
     return texts
 
 

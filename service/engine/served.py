@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from models.loading import LoadedModel
@@ -58,7 +59,7 @@ class ServedModel:
     def num_exits(self) -> int:
         return int(self.model.num_exits)
 
-    @property
+    @functools.cached_property
     def labels(self) -> list[str]:
         labels = self.manifest.get("labels") or []
         return [str(x) for x in labels]
@@ -87,6 +88,13 @@ class ServedModel:
         return pol
 
     def info(self) -> ModelInfo:
+        """The manifest's view of the model (built once) plus the live step-time estimate."""
+        static = self._static_info
+        return replace(static, details={**static.details,
+                                        "live_step_ms": round(self.step_cost.seconds * 1e3, 4)})
+
+    @functools.cached_property
+    def _static_info(self) -> ModelInfo:
         m = self.manifest
         policies = {name: (cal or {}).get("params", {})
                     for name, cal in (m.get("policies") or {}).items()}
@@ -97,7 +105,6 @@ class ServedModel:
             "recipe": {k: v for k, v in (m.get("recipe") or {}).items() if k != "history"},
             "operating_points": {name: (cal or {}).get("operating_point")
                                  for name, cal in (m.get("policies") or {}).items()},
-            "live_step_ms": round(self.step_cost.seconds * 1e3, 4),
             "latency_profile": {k: latency.get(k) for k in ("device", "machine", "seq_len",
                                                             "embed_ms", "head_ms")},
             "path": str(self.loaded.path),
