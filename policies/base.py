@@ -92,6 +92,11 @@ class ExitPolicy(ABC):
             Decision with the exit mask, prediction, score and the new state.
         """
 
+    def first_exit(self) -> int:
+        """The first exit at which this policy can let a row leave. The engine skips the exit
+        heads before it (unless a latency budget or a trace needs them)."""
+        return 1
+
     @abstractmethod
     def params(self) -> dict[str, Any]:
         """The parameters in JSON-able form (shown in /v1/models, stored in manifests)."""
@@ -109,6 +114,13 @@ class ExitPolicy(ABC):
             raise PolicyError(f"logits have {logits.shape[0]} rows, state has {batch_size}")
         if not bool(torch.isfinite(logits).all()):
             raise PolicyError("logits contain NaN or inf")
+
+
+class MemorylessPolicy(ExitPolicy):
+    """A policy whose decision at exit k depends on exit k alone: its state is `EmptyState`."""
+
+    def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> PolicyState:
+        return EmptyState(rows=torch.zeros(batch_size, dtype=torch.bool, device=device))
 
 
 def enforce_last_exit(decision: Decision, k: int, num_exits: int) -> Decision:

@@ -11,6 +11,7 @@ from policies.base import (
     Decision,
     EmptyState,
     ExitPolicy,
+    MemorylessPolicy,
     PolicyState,
     merge_params,
     probabilities,
@@ -18,11 +19,11 @@ from policies.base import (
 )
 
 
-class NoExitPolicy(ExitPolicy):
+class NoExitPolicy(MemorylessPolicy):
     name = "none"
 
-    def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> PolicyState:
-        return EmptyState(rows=torch.zeros(batch_size, dtype=torch.bool, device=device))
+    def first_exit(self) -> int:
+        return self.num_exits
 
     def step(self, state: PolicyState, k: int, logits: torch.Tensor) -> Decision:
         assert isinstance(state, EmptyState)

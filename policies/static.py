@@ -11,6 +11,7 @@ from policies.base import (
     Decision,
     EmptyState,
     ExitPolicy,
+    MemorylessPolicy,
     PolicyState,
     check_int,
     merge_params,
@@ -19,15 +20,15 @@ from policies.base import (
 )
 
 
-class StaticPolicy(ExitPolicy):
+class StaticPolicy(MemorylessPolicy):
     name = "static"
 
     def __init__(self, num_exits: int, layer: int):
         super().__init__(num_exits)
         self.layer = check_int("static: layer", layer, 1, num_exits)
 
-    def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> PolicyState:
-        return EmptyState(rows=torch.zeros(batch_size, dtype=torch.bool, device=device))
+    def first_exit(self) -> int:
+        return self.layer
 
     def step(self, state: PolicyState, k: int, logits: torch.Tensor) -> Decision:
         assert isinstance(state, EmptyState)

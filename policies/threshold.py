@@ -15,7 +15,7 @@ import torch
 from policies.base import (
     Decision,
     EmptyState,
-    ExitPolicy,
+    MemorylessPolicy,
     PolicyError,
     PolicyState,
     check_number,
@@ -24,7 +24,7 @@ from policies.base import (
 )
 
 
-class ConfidenceThresholdPolicy(ExitPolicy):
+class ConfidenceThresholdPolicy(MemorylessPolicy):
     def __init__(self, num_exits: int, thresholds: Sequence[float | None]):
         super().__init__(num_exits)
         if len(thresholds) != num_exits:
@@ -37,9 +37,6 @@ class ConfidenceThresholdPolicy(ExitPolicy):
     @abstractmethod
     def confidence(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(conf, pred), each (B,), from (B, C) probabilities."""
-
-    def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> PolicyState:
-        return EmptyState(rows=torch.zeros(batch_size, dtype=torch.bool, device=device))
 
     def step(self, state: PolicyState, k: int, logits: torch.Tensor) -> Decision:
         assert isinstance(state, EmptyState)

@@ -50,7 +50,7 @@ class Cohort:
         """Whether the next exit's head must run: the policy may fire there, or it is the last
         exit, or a row has a latency budget (it may be forced out anywhere) or wants a trace."""
         k = self.layer + 1
-        return k >= first_exit(self.policy, num_exits) or any(
+        return k >= min(self.policy.first_exit(), num_exits) or any(
             r.trace is not None or r.budget_end is not None for r in self.rows)
 
     def __len__(self) -> int:
@@ -72,15 +72,6 @@ class UpdateOutcome:
     cohort: Cohort | None  # the surviving rows (None when all left)
     exited: list[Exited]
     dropped: int  # rows removed because their request failed, expired or was cancelled
-
-
-def first_exit(policy: ExitPolicy, num_exits: int) -> int:
-    """The first exit at which `policy` can let a row leave (heads before it are skipped)."""
-    if policy.name == "none":
-        return num_exits
-    if policy.name == "static":
-        return int(getattr(policy, "layer", 1))
-    return 1
 
 
 def advance_group(model: torch.nn.Module, cohorts: list[Cohort]) -> list[TextBatch]:
