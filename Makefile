@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## run: install if needed, build the default model if missing, serve it on 127.0.0.1:8000
+## run: install if needed, build the default models if missing, serve them on 127.0.0.1:8000
 run: $(STAMP)
 	$(BIN)/eeserve serve
 

@@ -1,9 +1,8 @@
 """`eeserve serve [DIR ...] [--host --port --device ...]`: serve artifacts with uvicorn.
 
-With no directory (and no `EESERVE_MODELS`), serves the default text model, building it first
-when it is missing, plus `artifacts/caption-default` when that has been built
-(`eeserve train caption-default --out artifacts/caption-default`). Flags win over `EESERVE_*`
-environment variables.
+With no directory (and no `EESERVE_MODELS`), serves the default text model and the demo
+captioner, building each first when it is missing. Flags win over `EESERVE_*` environment
+variables.
 """
 
 from __future__ import annotations
@@ -64,12 +63,10 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     if not settings.models:
-        from service.commands.train import build_default
+        from service.commands.train import build_default, build_default_captioner
 
-        settings.models = [str(build_default(device=settings.device))]
-        caption = Path(os.environ.get("EESERVE_CAPTION_MODEL_DIR", "artifacts/caption-default"))
-        if (caption / "manifest.json").exists():  # served too once built (eeserve train)
-            settings.models.append(str(caption))
+        settings.models = [str(build_default(device=settings.device)),
+                           str(build_default_captioner(device=settings.device))]
     for m in settings.models:
         if not Path(m).is_dir():
             raise CliError(f"{m}: no such artifact directory")

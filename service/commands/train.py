@@ -9,6 +9,8 @@ from pathlib import Path
 from service.cli import CliError
 
 DEFAULT_MODEL_DIR = Path(os.environ.get("EESERVE_DEFAULT_MODEL_DIR", "artifacts/text-default"))
+DEFAULT_CAPTION_DIR = Path(os.environ.get("EESERVE_CAPTION_MODEL_DIR",
+                                          "artifacts/caption-default"))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -56,4 +58,17 @@ def build_default(out_dir: Path | None = None, device: str = "auto") -> Path:
         build("text-default", BuildOptions(out=out, device=device))
         print("[eeserve] calibrating the exit policies on the validation split", flush=True)
         calibrate_artifact(out)
+    return out
+
+
+def build_default_captioner(out_dir: Path | None = None, device: str = "auto") -> Path:
+    """Build the demo captioner if missing (trained on generated scenes, time-bounded ~11 min;
+    its recipe calibrates its policies)."""
+    from models.recipes import BuildOptions, build
+
+    out = Path(out_dir or DEFAULT_CAPTION_DIR)
+    if not (out / "manifest.json").exists():
+        print(f"[eeserve] demo captioner missing at {out}; building caption-default "
+              "(EfficientNet-Lite0 from PyPI + a decoder trained on generated scenes)", flush=True)
+        build("caption-default", BuildOptions(out=out, device=device))
     return out
