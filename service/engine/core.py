@@ -102,7 +102,7 @@ class InProcessEngine:
                                             "seconds": round(time.perf_counter() - t0, 3)})
 
     def _warm_up(self, served: ServedModel) -> None:
-        """Run every sequence length once at batch 1, and a few lengths at larger batches.
+        """Run every sequence length once at batch 1.
 
         The CPU kernels cache per shape: on the default model the first request of each new
         length ran ~25 % slower (11.3 vs 8.9 ms at full depth, in a plain loop) until every
@@ -116,14 +116,11 @@ class InProcessEngine:
         filler = tok.convert_tokens_to_ids(tok.tokenize("movie"))[:1] or [tok.unk_token_id or 0]
         first = tok.cls_token_id if tok.cls_token_id is not None else filler[0]
         last = tok.sep_token_id if tok.sep_token_id is not None else filler[0]
-        shapes = [(1, t) for t in range(2, model.config.max_length + 1)]
-        shapes += [(b, t) for b in (2, 4, 8, 16) if b <= self.cfg.max_batch_size
-                   for t in range(8, model.config.max_length + 1, 8)]
-        for b, t in shapes:
-            ids = torch.full((b, t), filler[0], dtype=torch.long)  # (B, T)
+        for t in range(2, model.config.max_length + 1):
+            ids = torch.full((1, t), filler[0], dtype=torch.long)  # (1, T)
             ids[:, 0], ids[:, -1] = first, last
-            enc = Encoded(ids.to(model.device), torch.ones_like(ids).to(model.device), [t] * b,
-                          [False] * b)
+            enc = Encoded(ids.to(model.device), torch.ones_like(ids).to(model.device), [t],
+                          [False])
             model.all_exit_logits(enc)
 
     def _worker(self) -> None:
