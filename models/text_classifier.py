@@ -183,7 +183,11 @@ class MultiExitTextClassifier(nn.Module):
         if batch.layer != k - 1:
             raise ValueError(f"batch is at layer {batch.layer}, cannot run layer {k}")
         hidden = self._layer(batch, k - 1)  # (B, T, H)
-        logits = self.heads[k - 1].pooled_logits(hidden, self._pool(batch))  # (B, C)
+        head = self.heads[k - 1]
+        if isinstance(head, ExitHead):  # fast path: pooling weights cached per batch
+            logits = head.pooled_logits(hidden, self._pool(batch))  # (B, C)
+        else:  # any other head: forward(hidden (B, T, H), mask (B, T)) -> (B, C)
+            logits = head(hidden, batch.attention_mask)
         nxt = replace(batch, hidden=hidden, layer=k)
         return StepOutput(logits=logits, batch=nxt)
 

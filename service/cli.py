@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ["train", "calibrate", "evaluate", "serve", "bench", "peer"]
+COMMANDS = ["train", "calibrate", "evaluate", "export", "serve", "bench", "peer"]
 
 
 class CliError(Exception):
