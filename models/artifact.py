@@ -109,19 +109,19 @@ class ExitLogits:
         return int(self.logits.shape[1])
 
 
-def save_exit_logits(root: Path, splits: dict[str, ExitLogits]) -> None:
+def save_exit_logits(root: Path, splits: dict[str, ExitLogits], file: str = LOGITS) -> None:
     tensors = {}
     for name, s in splits.items():
         tensors[f"{name}_logits"] = s.logits.float().contiguous()
         tensors[f"{name}_labels"] = s.labels.long().contiguous()
-    save_file(tensors, str(root / LOGITS))
+    save_file(tensors, str(root / file))
 
 
-def load_exit_logits(root: str | Path, split: str) -> ExitLogits:
-    """Load cached exit logits of `split` ("val" or "test")."""
-    path = Path(root) / LOGITS
+def load_exit_logits(root: str | Path, split: str, file: str = LOGITS) -> ExitLogits:
+    """Load cached exit logits of `split` ("val" or "test") from `file`."""
+    path = Path(root) / file
     if not path.exists():
-        raise ArtifactError(f"{root}: no cached exit logits ({LOGITS}); retrain or re-cache")
+        raise ArtifactError(f"{root}: no cached exit logits ({file}); retrain or re-cache")
     t = load_file(str(path))
     if f"{split}_logits" not in t:
         have = sorted(k[:-7] for k in t if k.endswith("_logits"))

@@ -13,8 +13,9 @@ that the last exit always fires. Batch objects follow TGI's `Batch.filter` / `co
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 
@@ -22,12 +23,24 @@ B = TypeVar("B", bound="ExitBatch")
 
 
 class ExitBatch(Protocol):
-    """Rows of in-flight samples that can leave (`filter`) or be merged (`concatenate`)."""
+    """Rows of in-flight samples that can leave (`filter`) or be merged (`concatenate`).
+
+    `layer` is how many encoder layers the rows have been through (0 = embeddings only).
+    Backends keep the hidden states in their own array type (torch tensor, numpy array);
+    the engine only filters, concatenates and counts.
+    """
+
+    layer: int
 
     def __len__(self) -> int: ...
 
     def filter(self: B, keep: torch.Tensor) -> B:
         """Return the batch with only the rows where `keep` (bool, shape (B,)) is True."""
+        ...
+
+    @classmethod
+    def concatenate(cls: type[B], batches: Sequence[B]) -> B:
+        """Merge batches at the same layer (rows in order)."""
         ...
 
 
@@ -47,3 +60,43 @@ class Encoded:
     attention_mask: torch.Tensor  # (B, T) 1 for real tokens, 0 for padding
     lengths: list[int]  # real token count per row (after truncation)
     truncated: list[bool]  # whether each text was cut to the model's max length
+
+
+@runtime_checkable
+class StepModel(Protocol):
+    """The execution seam between the engine and a runtime (torch eager, ONNX Runtime, ...).
+
+    The engine, the offline replays and the benchmarks talk to every backend through this:
+
+        enc = model.encode(texts)                 # tokenise (host)
+        batch = model.embed(enc)                  # layer-0 state, backend's own arrays
+        out = model.step(batch, k)                # encoder layer k + exit head k: logits (B, C)
+        batch = model.advance(batch, k)           # layer k without its head
+        type(batch).concatenate([...]) / batch.filter(keep)
+
+    `backend` and `precision` say what runs ("torch"/"onnx", "fp32"/"fp16"/"int8"); exit
+    logits are always float torch tensors on `device`, so policies run unchanged.
+    """
+
+    backend: str
+    precision: str
+    tokenizer: Any
+    config: Any  # TextClassifierConfig: num_labels, max_length
+
+    @property
+    def num_exits(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def encode(self, texts: Sequence[str], max_length: int | None = None) -> Encoded: ...
+
+    def embed(self, enc: Encoded) -> Any: ...
+
+    def step(self, batch: Any, k: int) -> StepOutput: ...
+
+    def advance(self, batch: Any, k: int) -> Any: ...
+
+    def all_exit_logits(self, enc: Encoded) -> torch.Tensor:
+        """(B, L, C) logits of every exit, through the stepwise path."""
+        ...

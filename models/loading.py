@@ -24,13 +24,28 @@ TEXT_KIND = "text-classifier"
 
 @dataclass
 class LoadedModel:
-    """A model ready for the engine, with its manifest."""
+    """A model ready for the engine, with its manifest (the policies of what serves)."""
 
     name: str
     kind: str
-    model: Any  # MultiExitTextClassifier or a captioner
+    model: Any  # a StepModel (MultiExitTextClassifier, OnnxTextModel) or a captioner
     manifest: dict[str, Any]
     path: Path
+    backend: str = "torch"
+    why: str = ""  # why this backend was chosen (for `auto`)
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """What to run a text model on: `backend` torch, onnx or auto; `precision` fp32 or int8."""
+
+    backend: str = "torch"
+    precision: str = "fp32"
+    onnx_threads: int = 1
+    onnx_spinning: bool = False
+
+
+BACKENDS = ("torch", "onnx", "auto")
 
 
 def save_text_artifact(model: MultiExitTextClassifier, root: str | Path,
@@ -55,31 +70,58 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_text_artifact(root: str | Path, device: str = "cpu", dtype: str = "float32",
-                       verify: bool = True) -> LoadedModel:
-    """Load a text artifact after checking its manifest and hashes; eval mode, on `device`."""
+                       verify: bool = True, backend: str | BackendChoice = "torch",
+                       precision_check: bool = True) -> LoadedModel:
+    """Load a text artifact after checking its manifest and hashes, on the chosen backend.
+
+    torch: eval mode, on `device`. onnx: the artifact's per-layer graphs (models/onnx_export.py),
+    refused with a one-line reason when missing, tampered, stale or failing parity, or when
+    the precision has no calibration (unless `precision_check` is off: calibrating it).
+    auto: onnx on a CPU when that would load, else torch.
+    """
+    choice = backend if isinstance(backend, BackendChoice) else BackendChoice(backend)
+    if choice.backend not in BACKENDS:
+        raise ArtifactError(f"backend {choice.backend!r}: choose one of {list(BACKENDS)}")
     root = Path(root)
     manifest = read_manifest(root, kind=TEXT_KIND, verify=verify)
     try:
         cfg_dict = json.loads((root / "backbone_config.json").read_text())
-        backbone_cfg = AutoConfig.for_model(**cfg_dict)
         tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
         head = TextClassifierConfig(**manifest["head"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ArtifactError(f"{root}: cannot rebuild the model ({e})".splitlines()[0]) from None
-    model = MultiExitTextClassifier.from_config(backbone_cfg, tokenizer, head)
-    load_weights(model, root)
-    if model.num_exits != manifest.get("num_exits"):
+    name = manifest.get("name", root.name)
+    on_cpu = resolve_device(device).type == "cpu"
+    if choice.backend != "torch":
+        from models.onnx_loading import load_onnx, onnx_refusal
+
+        why = onnx_refusal(root, manifest, choice.precision, on_cpu, precision_check)
+        if why is None:
+            model, served = load_onnx(root, manifest, tokenizer, head, choice)
+            return LoadedModel(name, TEXT_KIND, model, served, root, "onnx",
+                               f"onnx {choice.precision}")
+        if choice.backend == "onnx":
+            raise ArtifactError(f"{root}: cannot serve on onnx: {why}")
+        auto_why = f"auto chose torch: {why}"
+    else:
+        auto_why = "torch requested"
+    if choice.precision != "fp32":
+        raise ArtifactError(f"{root}: precision {choice.precision} runs on the onnx backend only")
+    net = MultiExitTextClassifier.from_config(AutoConfig.for_model(**cfg_dict), tokenizer, head)
+    load_weights(net, root)
+    if net.num_exits != manifest.get("num_exits"):
         raise ArtifactError(f"{root}: manifest says {manifest.get('num_exits')} exits, "
-                            f"weights have {model.num_exits}")
-    model = model.to(resolve_device(device), dtype=getattr(torch, dtype)).eval()
-    return LoadedModel(manifest.get("name", root.name), TEXT_KIND, model, manifest, root)
+                            f"weights have {net.num_exits}")
+    net = net.to(resolve_device(device), dtype=getattr(torch, dtype)).eval()
+    return LoadedModel(name, TEXT_KIND, net, manifest, root, "torch", auto_why)
 
 
-def load_artifact(root: str | Path, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
-    """Load any eeserve artifact by its manifest kind."""
+def load_artifact(root: str | Path, device: str = "cpu", dtype: str = "float32",
+                  backend: str | BackendChoice = "torch") -> LoadedModel:
+    """Load any eeserve artifact by its manifest kind (`backend` applies to text models)."""
     kind = read_manifest(root, verify=False).get("kind")
     if kind == TEXT_KIND:
-        return load_text_artifact(root, device, dtype)
+        return load_text_artifact(root, device, dtype, backend=backend)
     if kind == "captioner":
         from models.caption_loading import load_caption_artifact  # optional module
 

@@ -20,6 +20,7 @@ from transformers import AutoTokenizer
 from models.artifact import ExitLogits, save_exit_logits, write_manifest
 from models.backbones import MINILM_L6, fetch_backbone
 from models.data import TextDataset, load_movie_reviews, load_user_file, sha256_file, tiny_sentiment
+from models.eval_texts import write_eval_texts
 from models.loading import resolve_device, save_text_artifact
 from models.profiling import measure_latency
 from models.text_classifier import MultiExitTextClassifier, TextClassifierConfig
@@ -91,11 +92,26 @@ def build_text(opts: BuildOptions, name: str, model: MultiExitTextClassifier, da
         "val": ExitLogits(val, torch.tensor(data.val.labels)),
         "test": ExitLogits(test, torch.tensor(data.test.labels))})
     model = model.cpu().float()
+    write_eval_texts(opts.out, data)
     save_text_artifact(model, opts.out, manifest)
     write_manifest(opts.out, {**manifest, **_read(opts.out)})
+    export_for_cpu(opts)
     _log(opts, f"wrote {opts.out}: last-exit test accuracy {test_acc[-1]:.4f}, "
                f"per-exit {[round(a, 4) for a in test_acc]}")
     return manifest
+
+
+def export_for_cpu(opts: BuildOptions) -> None:
+    """End of every text build: the per-layer ONNX graphs, parity-checked (skipped, with a
+    line saying so, when onnxruntime is not installed)."""
+    from models.onnx_backend import onnxruntime_available
+    from models.onnx_export import export_onnx
+
+    if not onnxruntime_available():
+        _log(opts, "onnxruntime not installed: no ONNX graphs (the torch backend will serve)")
+        return
+    _log(opts, "exporting per-layer ONNX graphs")
+    _log(opts, export_onnx(opts.out, "fp32", opts.progress).summary())
 
 
 def _read(root: Path) -> dict[str, Any]:

@@ -56,8 +56,8 @@ class TextBatch:
         t = int(mask.sum(dim=1).max().item()) if mask.shape[0] else 0
         return TextBatch(self.hidden[keep][:, :t], mask[:, :t].contiguous(), self.layer)
 
-    @staticmethod
-    def concatenate(batches: Sequence[TextBatch]) -> TextBatch:
+    @classmethod
+    def concatenate(cls, batches: Sequence[TextBatch]) -> TextBatch:
         """Merge batches at the same layer, right-padding to the longest sequence."""
         if not batches:
             raise ValueError("concatenate needs at least one batch")
@@ -70,7 +70,7 @@ class TextBatch:
             pad = t - b.hidden.shape[1]
             hs.append(nn.functional.pad(b.hidden, (0, 0, 0, pad)))  # (B_i, t, H)
             ms.append(nn.functional.pad(b.attention_mask, (0, pad)))  # (B_i, t)
-        return TextBatch(torch.cat(hs), torch.cat(ms), batches[0].layer)
+        return cls(torch.cat(hs), torch.cat(ms), batches[0].layer)
 
 
 class ExitHead(nn.Module):
@@ -107,7 +107,13 @@ def _layers_of(backbone: nn.Module) -> nn.ModuleList:
 
 
 class MultiExitTextClassifier(nn.Module):
-    """Encoder + one exit head per layer. Offers `embed` / `step`; never decides to exit."""
+    """Encoder + one exit head per layer. Offers `embed` / `step`; never decides to exit.
+
+    The reference `StepModel` (models/base.py): torch eager, any device and dtype. Training,
+    export and GPU serving use it; models/onnx_backend.py is the fast CPU backend.
+    """
+
+    backend = "torch"
 
     def __init__(self, backbone: nn.Module, tokenizer: PreTrainedTokenizerBase,
                  config: TextClassifierConfig):
@@ -135,6 +141,11 @@ class MultiExitTextClassifier(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def precision(self) -> str:
+        dtype = next(self.parameters()).dtype
+        return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
+
     @classmethod
     def from_backbone(cls, backbone_dir: str, tokenizer: PreTrainedTokenizerBase,
                       config: TextClassifierConfig) -> MultiExitTextClassifier:
@@ -153,23 +164,11 @@ class MultiExitTextClassifier(nn.Module):
     # ---- tokenisation -------------------------------------------------------------------
     def encode(self, texts: Sequence[str], max_length: int | None = None) -> Encoded:
         """Tokenise, cutting texts longer than `max_length` tokens (and saying which were cut)."""
-        m = max_length or self.config.max_length
-        # one tokenizer pass at m + 1 tokens: a row that fills them was longer than m; it is
-        # then cut to m keeping its closing special token, as truncation=True would
-        ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=True,
-                             max_length=m + 1)["input_ids"]
-        truncated = [len(row) > m for row in ids]
-        ids = [row[:m - 1] + row[-1:] if cut else row
-               for row, cut in zip(ids, truncated, strict=True)]
-        lengths = [len(row) for row in ids]
-        t = max(lengths)
-        pad = self.tokenizer.pad_token_id or 0
-        input_ids = torch.full((len(ids), t), pad, dtype=torch.long)  # (B, T)
-        mask = torch.zeros((len(ids), t), dtype=torch.long)  # (B, T)
-        for i, row in enumerate(ids):
-            input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, :len(row)] = 1
-        return Encoded(input_ids.to(self.device), mask.to(self.device), lengths, truncated)
+        enc = encode_texts(self.tokenizer, texts, max_length or self.config.max_length)
+        if self.device.type == "cpu":
+            return enc
+        return replace(enc, input_ids=enc.input_ids.to(self.device),
+                       attention_mask=enc.attention_mask.to(self.device))
 
     # ---- step API -----------------------------------------------------------------------
     @torch.inference_mode()
@@ -243,6 +242,27 @@ class MultiExitTextClassifier(nn.Module):
             outs.append(o.logits)
             batch = o.batch  # type: ignore[assignment]
         return torch.stack(outs, dim=1)
+
+
+def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
+                 max_length: int) -> Encoded:
+    """Tokenise on the CPU, right-padded; texts over `max_length` tokens are cut (and marked)."""
+    m = max_length
+    # one tokenizer pass at m + 1 tokens: a row that fills them was longer than m; it is
+    # then cut to m keeping its closing special token, as truncation=True would
+    ids = tokenizer(list(texts), add_special_tokens=True, truncation=True,
+                    max_length=m + 1)["input_ids"]
+    truncated = [len(row) > m for row in ids]
+    ids = [row[:m - 1] + row[-1:] if cut else row for row, cut in zip(ids, truncated, strict=True)]
+    lengths = [len(row) for row in ids]
+    t = max(lengths)
+    pad = tokenizer.pad_token_id or 0
+    input_ids = torch.full((len(ids), t), pad, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(ids), t), dtype=torch.long)  # (B, T)
+    for i, row in enumerate(ids):
+        input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, :len(row)] = 1
+    return Encoded(input_ids, mask, lengths, truncated)
 
 
 _POOLED = {"bert", "roberta", "xlm-roberta", "camembert"}  # have add_pooling_layer

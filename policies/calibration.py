@@ -398,4 +398,5 @@ def calibrate_artifact(root: str | Path, policies: Iterable[str] | None = None,
     stored.update({name: fit.to_manifest() for name, fit in fits.items()})
     default = DEFAULT_POLICY if DEFAULT_POLICY in stored else manifest.get("default_policy",
                                                                            "none")
-    return update_manifest(root, policies=stored, default_policy=default)
+    return update_manifest(root, policies=stored, default_policy=default,
+                           calibrated_on={"backend": "torch", "precision": "fp32"})

@@ -18,6 +18,8 @@ MiB = 1024 * 1024
 
 Device = Literal["cpu", "cuda", "auto"]
 Dtype = Literal["float32", "float16", "bfloat16"]
+Backend = Literal["torch", "onnx", "auto"]
+Precision = Literal["fp32", "int8"]
 
 
 class Settings(BaseSettings):
@@ -45,6 +47,14 @@ class Settings(BaseSettings):
     default_policy: str | None = Field(None, description="policy when a request names none; "
                                                          "None = each model's own default")
     torch_threads: int | None = Field(None, ge=1, le=1024)
+    backend: Backend = Field("auto", description="text models' layer runtime: torch (eager, "
+                             "any device), onnx (ONNX Runtime on the CPU, per-layer graphs), "
+                             "auto (onnx on a CPU when its graphs exist and passed parity)")
+    precision: Precision = Field("fp32", description="onnx precision; int8 needs its own "
+                                 "calibration (eeserve calibrate --backend onnx --precision int8)")
+    onnx_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads per "
+                              "layer call (1 measured best on 2 cores: see docs/BENCHMARKS.md)")
+    onnx_spinning: bool = Field(False, description="let ONNX Runtime threads spin-wait")
 
     # ---- network and security ----------------------------------------------------------------
     host: str = "127.0.0.1"

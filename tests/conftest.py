@@ -28,4 +28,8 @@ def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     except ImportError:  # pragma: no cover -- calibration lands with the policies
         return out
     calibrate_artifact(out)
+    from models.onnx_export import recheck_policies
+    from policies.parity import policy_mismatches
+
+    recheck_policies(out, policy_mismatches)  # the graphs exported by the build, vs the policies
     return out

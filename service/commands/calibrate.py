@@ -26,6 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--policy", action="append", dest="policies", metavar="NAME",
                    help="fit only this policy (repeatable); default: all")
     add_guard_options(p)
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                   help="whose exit logits to fit on: torch (the cached training logits, "
+                        "default) or onnx (recomputed with the exported graphs)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                   help="precision that will serve (int8: onnx only)")
     p.add_argument("--min-support", type=int, default=30,
                    help="BEEM: fewest validation rows a per-exit threshold rests on")
     p.add_argument("--reference", default="paired", choices=["paired", "overall"],
@@ -61,11 +66,41 @@ def run(args: argparse.Namespace) -> int:
     cfg = guard_config(args, min_support=args.min_support, reference=args.reference,
                        eenet_budget=args.eenet_budget,
                        beem_target_speedup=args.beem_target_speedup)
-    manifest = calibrate_artifact(args.dir, names, cfg)
     fitted = names or list(POLICIES)
+    if (args.backend, args.precision) != ("torch", "fp32"):
+        return _calibrate_backend(args, names, cfg, fitted)
+    manifest = calibrate_artifact(args.dir, names, cfg)
+    parity = recheck_onnx(args.dir)
+    if parity is not None:
+        print(f"onnx fp32 graphs: same decisions as torch for every policy: "
+              f"{'yes' if parity['passed'] else 'NO'} {parity['policy_mismatches']}")
     print(f"calibrated {', '.join(fitted)} on {args.dir} (validation split); "
           f"default policy: {manifest.get('default_policy')}")
     print(format_calibration(manifest, fitted))
+    return 0
+
+
+def recheck_onnx(root: Path) -> dict[str, Any] | None:
+    """Re-check the exported fp32 graphs against the new calibration (None: no graphs)."""
+    from models.onnx_export import recheck_policies
+    from policies.parity import policy_mismatches
+
+    return recheck_policies(root, policy_mismatches)
+
+
+def _calibrate_backend(args: argparse.Namespace, names: list[str] | None, cfg: Any,
+                       fitted: list[str]) -> int:
+    from policies.fit_backend import calibrate_backend
+
+    if args.backend == "torch":
+        raise CliError(f"--precision {args.precision} runs on the onnx backend only")
+    entry = calibrate_backend(args.dir, args.backend, args.precision, names, cfg)
+    acc = entry["exit_accuracy"]["test"][-1]
+    ref = (entry.get("reference_test_accuracy") or [None])[-1]
+    change = f" ({(acc - ref) * 100:+.2f} pt vs torch fp32)" if ref is not None else ""
+    print(f"calibrated {', '.join(fitted)} on {args.dir} for {args.backend} {args.precision} "
+          f"(validation split); last-exit test accuracy {acc * 100:.2f} %{change}")
+    print(format_calibration(entry, fitted))
     return 0
 
 

@@ -20,8 +20,10 @@ Exporter = Callable[[Path, argparse.Namespace], str]
 
 def _onnx(root: Path, args: argparse.Namespace) -> str:
     from models.onnx_export import export_onnx
+    from policies.parity import policy_mismatches
 
-    report = export_onnx(root, precision=args.precision, progress=not args.quiet)
+    report = export_onnx(root, precision=args.precision, progress=not args.quiet,
+                         policy_check=policy_mismatches)
     return report.summary()
 
 

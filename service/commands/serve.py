@@ -23,6 +23,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--device", help="cpu, cuda or auto")
     p.add_argument("--dtype", help="float32, float16 or bfloat16")
+    p.add_argument("--backend", choices=["torch", "onnx", "auto"],
+                   help="layer runtime of text models (default auto: onnx on a CPU when the "
+                        "artifact's graphs passed parity, else torch)")
+    p.add_argument("--precision", choices=["fp32", "int8"], help="onnx precision")
+    p.add_argument("--onnx-threads", type=int, help="ONNX Runtime intra-op threads")
     p.add_argument("--max-batch-size", type=int, help="rows in flight across the engine")
     p.add_argument("--max-queue-delay-ms", type=float, help="batching window when idle")
     p.add_argument("--queue-limit", type=int, help="queued texts before 429")
@@ -39,7 +44,8 @@ def settings_from(args: argparse.Namespace) -> Any:
 
     overrides: dict[str, Any] = {}
     for name in ("host", "port", "device", "dtype", "max_batch_size", "max_queue_delay_ms",
-                 "queue_limit", "default_policy", "torch_threads"):
+                 "queue_limit", "default_policy", "torch_threads", "backend", "precision",
+                 "onnx_threads"):
         v = getattr(args, name)
         if v is not None:
             overrides[name] = v

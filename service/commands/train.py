@@ -58,6 +58,9 @@ def build_default(out_dir: Path | None = None, device: str = "auto") -> Path:
         build("text-default", BuildOptions(out=out, device=device))
         print("[eeserve] calibrating the exit policies on the validation split", flush=True)
         calibrate_artifact(out)
+        from service.commands.calibrate import recheck_onnx
+
+        recheck_onnx(out)
     return out
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models.text_classifier import TextBatch
+from models.base import ExitBatch, StepModel
 from policies import ExitPolicy, PolicyState, enforce_last_exit
 from service.engine.handles import RequestHandle
 from service.protocol import ClassifyResult, DeadlineExceeded, ExitTrace
@@ -37,7 +37,7 @@ class Cohort:
     model: str
     policy_name: str
     policy: ExitPolicy
-    batch: TextBatch  # (B, T, H) hidden states at `batch.layer`
+    batch: ExitBatch  # the backend's rows at `batch.layer` (hidden states (B, T, H))
     state: PolicyState  # (B,) policy memory
     rows: list[Row]
     skipped: int = 0  # rounds this cohort waited for younger cohorts to catch up
@@ -74,45 +74,49 @@ class UpdateOutcome:
     dropped: int  # rows removed because their request failed, expired or was cancelled
 
 
-def advance_group(model: torch.nn.Module, cohorts: list[Cohort]) -> list[TextBatch]:
+def advance_group(model: StepModel, cohorts: list[Cohort]) -> list[ExitBatch]:
     """Step cohorts through the next layer without exit heads (no exit is possible there)."""
     k = cohorts[0].layer + 1
     if len(cohorts) == 1:
-        return [model.advance(cohorts[0].batch, k)]  # type: ignore[operator]
-    merged = TextBatch.concatenate([c.batch for c in cohorts])  # (sum B_i, T_max, H)
-    merged = model.advance(merged, k)  # type: ignore[operator]
-    return _split_rows(merged, [len(c) for c in cohorts])
+        return [model.advance(cohorts[0].batch, k)]
+    merged = concatenate([c.batch for c in cohorts])  # (sum B_i, T_max, H)
+    return _split_rows(model.advance(merged, k), [len(c) for c in cohorts])
 
 
-def _split_rows(batch: TextBatch, sizes: list[int]) -> list[TextBatch]:
+def concatenate(batches: list[ExitBatch]) -> ExitBatch:
+    """Merge same-layer batches of one backend (the batch class knows how)."""
+    return type(batches[0]).concatenate(batches)
+
+
+def _split_rows(batch: ExitBatch, sizes: list[int]) -> list[ExitBatch]:
     out, start = [], 0
     for n in sizes:
-        keep = torch.zeros(len(batch), dtype=torch.bool, device=batch.hidden.device)
+        keep = torch.zeros(len(batch), dtype=torch.bool)  # (B,) the batch moves it if needed
         keep[start:start + n] = True
         out.append(batch.filter(keep))
         start += n
     return out
 
 
-def run_group(model: torch.nn.Module,
-              cohorts: list[Cohort]) -> list[tuple[torch.Tensor, TextBatch]]:
+def run_group(model: StepModel,
+              cohorts: list[Cohort]) -> list[tuple[torch.Tensor, ExitBatch]]:
     """Step every cohort (same model, same layer) through the next layer as one batch.
 
     Returns per cohort the exit logits (B_i, C) and the advanced batch, rows in order.
     """
     k = cohorts[0].layer + 1
     if len(cohorts) == 1:
-        out = model.step(cohorts[0].batch, k)  # type: ignore[operator]
+        out = model.step(cohorts[0].batch, k)
         return [(out.logits, out.batch)]
-    merged = TextBatch.concatenate([c.batch for c in cohorts])  # (sum B_i, T_max, H)
-    out = model.step(merged, k)  # type: ignore[operator]
+    merged = concatenate([c.batch for c in cohorts])  # (sum B_i, T_max, H)
+    out = model.step(merged, k)
     sizes = [len(c) for c in cohorts]
-    batches = _split_rows(out.batch, sizes)  # type: ignore[arg-type]
+    batches = _split_rows(out.batch, sizes)
     logits = torch.split(out.logits, sizes)  # B_i x (B_i, C)
     return list(zip(logits, batches, strict=True))
 
 
-def update(cohort: Cohort, logits: torch.Tensor, batch: TextBatch, num_exits: int, now: float,
+def update(cohort: Cohort, logits: torch.Tensor, batch: ExitBatch, num_exits: int, now: float,
            next_step_s: float) -> UpdateOutcome:
     """Apply the policy and the engine's rules to one stepped cohort."""
     k = batch.layer

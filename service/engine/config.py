@@ -21,6 +21,10 @@ class EngineConfig:
     request_timeout_ms: float = 30_000  # default and largest deadline
     long_text: str = "truncate"  # or "reject"
     torch_threads: int | None = None
+    backend: str = "torch"  # torch, onnx or auto (text models)
+    precision: str = "fp32"  # onnx: fp32 or int8
+    onnx_threads: int = 1
+    onnx_spinning: bool = False
 
     @classmethod
     def from_settings(cls, s: Settings) -> EngineConfig:
@@ -29,4 +33,5 @@ class EngineConfig:
                    queue_limit=s.queue_limit, default_policy=s.default_policy,
                    admit_wait_rounds=s.admit_wait_rounds, catch_up_rounds=s.catch_up_rounds,
                    request_timeout_ms=s.request_timeout_ms, long_text=s.long_text,
-                   torch_threads=s.torch_threads)
+                   torch_threads=s.torch_threads, backend=s.backend, precision=s.precision,
+                   onnx_threads=s.onnx_threads, onnx_spinning=s.onnx_spinning)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from models.base import Encoded
-from models.loading import load_artifact, resolve_device
+from models.loading import BackendChoice, load_artifact, resolve_device
 from service.engine.captioning import CaptionHandle, CaptionRunner, decode_images
 from service.engine.captioning import warm_up as warm_up_captioner
 from service.engine.config import EngineConfig
@@ -80,10 +80,12 @@ class InProcessEngine:
             torch.set_num_threads(self.cfg.torch_threads)
         torch.set_grad_enabled(False)
         device = str(resolve_device(self.cfg.device))
+        choice = BackendChoice(self.cfg.backend, self.cfg.precision, self.cfg.onnx_threads,
+                               self.cfg.onnx_spinning)
         for path in self.cfg.models:
             t0 = time.perf_counter()
             try:
-                loaded = load_artifact(path, device, self.cfg.dtype)
+                loaded = load_artifact(path, device, self.cfg.dtype, choice)
             except Exception as e:  # noqa: BLE001 -- reported in /readyz and /v1/models
                 reason = str(e).splitlines()[0] if str(e) else type(e).__name__
                 self.failed[path] = reason
@@ -99,6 +101,7 @@ class InProcessEngine:
                 self._warm_up(self.served[loaded.name])
             log.info("model loaded", extra={"model": loaded.name, "path": path,
                                             "device": device, "exits": loaded.model.num_exits,
+                                            "backend": loaded.backend, "why": loaded.why,
                                             "seconds": round(time.perf_counter() - t0, 3)})
 
     def _warm_up(self, served: ServedModel) -> None:

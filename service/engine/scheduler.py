@@ -23,9 +23,16 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
-from models.base import Encoded
-from models.text_classifier import TextBatch
-from service.engine.cohort import Cohort, Row, advance_group, results_for, run_group, update
+from models.base import Encoded, ExitBatch
+from service.engine.cohort import (
+    Cohort,
+    Row,
+    advance_group,
+    concatenate,
+    results_for,
+    run_group,
+    update,
+)
 from service.engine.config import EngineConfig
 from service.engine.handles import RequestHandle, now
 from service.engine.served import ServedModel
@@ -219,9 +226,9 @@ class Scheduler:
             for i in range(c.start, c.stop):
                 end = t + h.budget_s if h.budget_s is not None else None
                 rows.append(Row(h, i, t, end, [] if h.return_trace else None))
-        batch = batches[0] if len(batches) == 1 else TextBatch.concatenate(batches)
+        batch = batches[0] if len(batches) == 1 else concatenate(batches)
         policy = group[0].handle.policy_obj
-        state = policy.init_state(len(rows), batch.hidden.device)
+        state = policy.init_state(len(rows), served.model.device)
         return Cohort(served.name, group[0].handle.policy.name, policy, batch, state, rows)
 
     def _run_round(self) -> None:
@@ -289,7 +296,7 @@ class Scheduler:
         return kept
 
     def _update(self, served: ServedModel, c: Cohort, logits: torch.Tensor,
-                batch: TextBatch) -> list[Cohort]:
+                batch: ExitBatch) -> list[Cohort]:
         t = now()
         out = update(c, logits, batch, served.num_exits, t, served.step_cost.seconds)
         if out.exited:
@@ -359,7 +366,7 @@ def _merge(cohorts: list[Cohort], cap: int) -> list[Cohort]:
 def _join(group: list[Cohort]) -> Cohort:
     first = group[0]
     return Cohort(first.model, first.policy_name, first.policy,
-                  TextBatch.concatenate([c.batch for c in group]),
+                  concatenate([c.batch for c in group]),
                   type(first.state).concatenate([c.state for c in group]),
                   [r for c in group for r in c.rows])
 
@@ -392,7 +399,7 @@ def _split(c: Cohort, cap: int) -> list[Cohort]:
         return [c]
     out = []
     for start in range(0, len(c), cap):
-        keep = torch.zeros(len(c), dtype=torch.bool, device=c.batch.hidden.device)
+        keep = torch.zeros(len(c), dtype=torch.bool)  # (B,) the batch moves it if needed
         keep[start:start + cap] = True
         out.append(Cohort(c.model, c.policy_name, c.policy, c.batch.filter(keep),
                           c.state.filter(keep), c.rows[start:start + cap]))

@@ -108,6 +108,11 @@ class ServedModel:
             "latency_profile": {k: latency.get(k) for k in ("device", "machine", "seq_len",
                                                             "embed_ms", "head_ms")},
             "path": str(self.loaded.path),
+            "backend": self.loaded.backend,
+            "precision": getattr(self.model, "precision", None),
+            "backend_choice": self.loaded.why,
+            "calibrated_on": (m.get("serving") or {}).get("calibrated_on")
+            or m.get("calibrated_on"),
         }
         return ModelInfo(name=self.name, kind=self.loaded.kind, ready=True,
                          num_exits=self.num_exits, labels=self.labels,
