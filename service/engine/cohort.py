@@ -107,7 +107,7 @@ def run_group(model: torch.nn.Module,
     merged = TextBatch.concatenate([c.batch for c in cohorts])  # (sum B_i, T_max, H)
     out = model.step(merged, k)  # type: ignore[operator]
     sizes = [len(c) for c in cohorts]
-    batches = _split_rows(out.batch, sizes)  # type: ignore[arg-type]
+    batches = _split_rows(out.batch, sizes)
     logits = torch.split(out.logits, sizes)  # B_i x (B_i, C)
     return list(zip(logits, batches, strict=True))
 

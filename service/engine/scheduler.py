@@ -214,7 +214,7 @@ class Scheduler:
         t = now()
         batches, rows = [], []
         for c in group:
-            batches.append(served.model.embed(_slice(c.handle.encoded, c.start, c.stop)))
+            batches.append(served.text_model.embed(_slice(c.handle.encoded, c.start, c.stop)))
             h = c.handle
             for i in range(c.start, c.stop):
                 end = t + h.budget_s if h.budget_s is not None else None
