@@ -28,7 +28,7 @@ test: $(STAMP) tools lint
 
 lint: $(STAMP)
 	$(BIN)/ruff check service policies models tests scripts deploy
-	$(BIN)/mypy service policies
+	$(BIN)/mypy service policies models
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

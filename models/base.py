@@ -23,7 +23,7 @@ B = TypeVar("B", bound="ExitBatch")
 
 
 class ExitBatch(Protocol):
-    """Rows of in-flight samples that can leave (`filter`) or be merged (`concatenate`).
+    """Rows of in-flight samples that can leave (`filter`) between steps.
 
     `layer` is how many encoder layers the rows have been through (0 = embeddings only).
     Backends keep the hidden states in their own array type (torch tensor, numpy array);
@@ -38,8 +38,16 @@ class ExitBatch(Protocol):
         """Return the batch with only the rows where `keep` (bool, shape (B,)) is True."""
         ...
 
+
+M = TypeVar("M", bound="MergeableBatch")
+
+
+class MergeableBatch(ExitBatch, Protocol):
+    """A batch the engine can also grow: same-layer batches merge into one step (TGI's
+    `Batch.concatenate`). Text batches of every backend are mergeable."""
+
     @classmethod
-    def concatenate(cls: type[B], batches: Sequence[B]) -> B:
+    def concatenate(cls: type[M], batches: Sequence[M]) -> M:
         """Merge batches at the same layer (rows in order)."""
         ...
 

@@ -51,6 +51,7 @@ from models.data import sha256_file
 from models.image_encoder import ImageConfig, efficientnet_weights_path
 from models.loading import resolve_device
 from models.recipes import BuildOptions, _log, recipe
+from policies.names import CAPTION_DEFAULT_POLICY, CAPTION_POLICIES
 
 
 @torch.inference_mode()
@@ -130,10 +131,10 @@ def _calibrate(opts: BuildOptions) -> None:
     try:
         from policies.calibration import calibrate_artifact
 
-        calibrate_artifact(opts.out, ["maxprob", "entropy", "patience", "static", "none"])
+        calibrate_artifact(opts.out, CAPTION_POLICIES)
         m = read_manifest(opts.out, verify=False)
-        if "maxprob" in (m.get("policies") or {}):
-            m["default_policy"] = "maxprob"
+        if CAPTION_DEFAULT_POLICY in (m.get("policies") or {}):
+            m["default_policy"] = CAPTION_DEFAULT_POLICY
             write_manifest(opts.out, m, rehash=False)
     except Exception as e:  # noqa: BLE001 -- calibration is an extra; the artifact stands
         _log(opts, f"calibration skipped ({type(e).__name__}: {e})".splitlines()[0])

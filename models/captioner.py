@@ -27,15 +27,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
+from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
 from models.base import StepOutput
-from models.image_encoder import ImageConfig
+from models.image_encoder import ImageConfig, ImageEncoder
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,8 @@ class CaptionerConfig:
     def from_dict(cls, d: dict[str, Any]) -> CaptionerConfig:
         im = d.get("image") or {}
         image = ImageConfig(size=int(im.get("size", 224)),
-                            mean=tuple(im.get("mean", ImageConfig.mean)),  # type: ignore[arg-type]
-                            std=tuple(im.get("std", ImageConfig.std)))  # type: ignore[arg-type]
+                            mean=tuple(im.get("mean", ImageConfig.mean)),
+                            std=tuple(im.get("std", ImageConfig.std)))
         return cls(vocab_ids=tuple(int(i) for i in d["vocab_ids"]),
                    bos_token_id=int(d["bos_token_id"]), eos_token_id=int(d["eos_token_id"]),
                    max_tokens=int(d.get("max_tokens", 32)), encoder=str(d.get("encoder")),
@@ -147,7 +148,10 @@ class ExitHead(nn.Module):
 class MultiExitCaptioner(nn.Module):
     """Image encoder + GPT-2 decoder + one exit per decoder layer. Never decides to exit."""
 
-    def __init__(self, encoder: nn.Module, decoder: GPT2LMHeadModel,
+    vocab_ids: torch.Tensor  # (V',) buffer: exit index → token id
+    vocab_index: torch.Tensor  # (V,) buffer: token id → exit index (-1: not in the vocabulary)
+
+    def __init__(self, encoder: ImageEncoder, decoder: GPT2LMHeadModel,
                  tokenizer: PreTrainedTokenizerBase, config: CaptionerConfig):
         super().__init__()
         dcfg = decoder.config
@@ -174,8 +178,14 @@ class MultiExitCaptioner(nn.Module):
 
     # ---- shape facts -----------------------------------------------------------------------
     @property
-    def blocks(self) -> nn.ModuleList:
-        return self.decoder.transformer.h
+    def blocks(self) -> Sequence[GPT2Block]:
+        """The decoder layers (the GPT-2 `transformer.h` module list)."""
+        return cast("Sequence[GPT2Block]", self.decoder.transformer.h)
+
+    @property
+    def exit_heads(self) -> Sequence[ExitHead]:
+        """Exit heads 1..L-1 (exit L is the decoder's own ln_f + lm_head)."""
+        return cast("Sequence[ExitHead]", self.heads)
 
     @property
     def num_exits(self) -> int:
@@ -201,7 +211,7 @@ class MultiExitCaptioner(nn.Module):
         """Start every exit head as a copy of the final ln_f + lm_head (restricted rows)."""
         ln_f, w = self.decoder.transformer.ln_f, self.decoder.lm_head.weight
         with torch.no_grad():
-            for head in self.heads:
+            for head in self.exit_heads:
                 head.norm.load_state_dict(ln_f.state_dict())
                 head.out.weight.copy_(w[self.vocab_ids])
                 head.out.bias.zero_()
@@ -219,7 +229,7 @@ class MultiExitCaptioner(nn.Module):
     def exit_logits(self, hidden: torch.Tensor, k: int) -> torch.Tensor:
         """(..., H) hidden after layer k → (..., V') logits of exit k."""
         if k < self.num_exits:
-            return self.heads[k - 1](hidden)  # type: ignore[no-any-return]
+            return self.exit_heads[k - 1](hidden)
         return F.linear(self.decoder.transformer.ln_f(hidden), self._final_weight())
 
     def token_ids(self, index: torch.Tensor) -> torch.Tensor:
@@ -228,7 +238,7 @@ class MultiExitCaptioner(nn.Module):
 
     # ---- encoder --------------------------------------------------------------------------
     def memory(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.encoder(pixels)  # type: ignore[no-any-return]  # (B, N, H)
+        return self.encoder(pixels)  # (B, N, H)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape  # (B, T, H) → (B, nh, T, d)
@@ -280,7 +290,7 @@ class MultiExitCaptioner(nn.Module):
             raise ValueError(f"token batch is at layer {tb.layer}, cannot run layer {k}")
         hidden = self._step_layer(tb, k - 1)  # (b, H)
         nxt = TokenBatch(tb.state, tb.rows, hidden, k, tb.whole)
-        return StepOutput(logits=self.exit_logits(hidden, k), batch=nxt)  # type: ignore[arg-type]
+        return StepOutput(logits=self.exit_logits(hidden, k), batch=nxt)
 
     @torch.inference_mode()
     def propagate(self, tb: TokenBatch) -> int:

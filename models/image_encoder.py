@@ -16,12 +16,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -98,10 +101,11 @@ class HFVisionEncoder(nn.Module):
 
     kind = "hf-vision"
 
-    def __init__(self, encoder: nn.Module, proj: nn.Module | None):
+    def __init__(self, encoder: PreTrainedModel, proj: nn.Module | None):
         super().__init__()
         if getattr(encoder, "pooler", None) is not None:
-            encoder.pooler = None  # only the token states are used; keeps weights comparable
+            # only the token states are used; keeps weights comparable
+            encoder.register_module("pooler", None)
         self.encoder = encoder
         self.proj = proj if proj is not None else nn.Identity()
 
@@ -114,6 +118,10 @@ class HFVisionEncoder(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.project(self.features(pixels))  # (B, N, H_dec)
+
+
+ImageEncoder: TypeAlias = EfficientNetEncoder | HFVisionEncoder
+"""What a captioner encodes images with: `features` (frozen part) then `project`."""
 
 
 def efficientnet_weights_path() -> Path:

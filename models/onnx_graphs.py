@@ -26,7 +26,8 @@ class EmbedGraph(nn.Module):
         self.embeddings: Any = model.backbone.embeddings
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.embeddings(input_ids=input_ids)  # type: ignore[no-any-return]  # (B, T, H)
+        out: torch.Tensor = self.embeddings(input_ids=input_ids)  # (B, T, H)
+        return out
 
 
 class LayerGraph(nn.Module):

@@ -21,7 +21,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.masking_utils import create_bidirectional_mask
 
 from models.base import Encoded, StepOutput
@@ -115,7 +121,7 @@ class MultiExitTextClassifier(nn.Module):
 
     backend = "torch"
 
-    def __init__(self, backbone: nn.Module, tokenizer: PreTrainedTokenizerBase,
+    def __init__(self, backbone: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  config: TextClassifierConfig):
         super().__init__()
         self.backbone = backbone
@@ -198,7 +204,8 @@ class MultiExitTextClassifier(nn.Module):
         return replace(batch, hidden=self._layer(batch, k - 1), layer=k)
 
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.backbone.embeddings(input_ids=input_ids)  # (B, T, H)
+        embeddings: Any = self.backbone.embeddings  # the encoder family's embedding module
+        return embeddings(input_ids=input_ids)  # (B, T, H)
 
     def _mask(self, batch: TextBatch) -> Any:
         if not batch._mask_ready:
@@ -212,12 +219,13 @@ class MultiExitTextClassifier(nn.Module):
         if batch._pool is None:
             m = batch.attention_mask.to(batch.hidden.dtype)  # (B, T)
             batch._pool = (m / m.sum(1, keepdim=True).clamp(min=1.0)).unsqueeze(1)  # (B, 1, T)
-        return batch._pool  # type: ignore[no-any-return]
+        return batch._pool
 
     def _layer(self, batch: TextBatch, i: int) -> torch.Tensor:
         mask = self._mask(batch)
         if self.is_mpnet:
-            bias = self.backbone.encoder.compute_position_bias(batch.hidden)  # (B, heads, T, T)
+            encoder: Any = self.backbone.encoder  # MPNetEncoder
+            bias = encoder.compute_position_bias(batch.hidden)  # (B, heads, T, T)
             out = self.layers[i](batch.hidden, mask, bias)
         else:
             out = self.layers[i](batch.hidden, mask)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import string
+from typing import Any
 
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
@@ -44,7 +45,7 @@ def tiny_tokenizer(extra_words: list[str] | None = None) -> PreTrainedTokenizerF
 def tiny_backbone_config(family: str = "bert", layers: int = 3, vocab_size: int = 256,
                          hidden: int = 32) -> PretrainedConfig:
     """A random-init encoder config of the given family (bert, distilbert, mpnet, roberta)."""
-    common = dict(vocab_size=vocab_size, max_position_embeddings=72)
+    common: dict[str, Any] = {"vocab_size": vocab_size, "max_position_embeddings": 72}
     if family == "bert":
         return BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
                           intermediate_size=4 * hidden, **common)

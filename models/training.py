@@ -47,7 +47,7 @@ class TrainResult:
     epochs_run: float
     steps: int
     seconds: float
-    history: list[dict[str, float]]
+    history: list[dict[str, object]]  # per evaluation: step, loss, val_last, val_exits (list)
 
 
 def depth_weighted_loss(logits: torch.Tensor, labels: torch.Tensor, distill: float = 0.0,
@@ -144,7 +144,7 @@ def train(model: MultiExitTextClassifier, data: TextDataset, cfg: TrainConfig,
             if step % eval_every == 0 or step == total:
                 accs = exit_accuracy(exit_logits(model, data.val, cfg.max_length), data.val.labels)
                 history.append({"step": step, "loss": float(loss.item()),
-                                "val_last": accs[-1], "val_exits": accs})  # type: ignore[dict-item]
+                                "val_last": accs[-1], "val_exits": accs})
                 if step >= cfg.average_from * steps_per_epoch:
                     avg, n_avg = _accumulate(avg, model, n_avg), n_avg + 1
                 if accs[-1] > best:
@@ -162,7 +162,7 @@ def train(model: MultiExitTextClassifier, data: TextDataset, cfg: TrainConfig,
         model.load_state_dict(avg)
         accs = exit_accuracy(exit_logits(model, data.val, cfg.max_length), data.val.labels)
         history.append({"step": step, "averaged_checkpoints": n_avg, "val_last": accs[-1],
-                        "val_exits": accs})  # type: ignore[dict-item]
+                        "val_exits": accs})
         if accs[-1] >= best:
             best, best_state = accs[-1], None
     if best_state is not None:

@@ -145,31 +145,7 @@ def check_number(name: str, value: Any, lo: float = -math.inf, hi: float = math.
 
 # ---- registry ----------------------------------------------------------------------------------
 PolicyFactory = Callable[[int, Mapping[str, Any], Mapping[str, Any] | None], ExitPolicy]
-REGISTRY: dict[str, PolicyFactory] = {}
-
-
-def register(name: str) -> Callable[[PolicyFactory], PolicyFactory]:
-    def deco(fn: PolicyFactory) -> PolicyFactory:
-        REGISTRY[name] = fn
-        return fn
-    return deco
-
-
-def build_policy(name: str, num_exits: int, params: Mapping[str, Any] | None = None,
-                 calibration: Mapping[str, Any] | None = None) -> ExitPolicy:
-    """Build a registered policy.
-
-    Args:
-        name: registry name (`beem`, `eenet`, `maxprob`, `entropy`, `patience`, `static`, `none`).
-        num_exits: exits of the model.
-        params: explicit parameters (a request's overrides); they win over the calibration.
-        calibration: fitted parameters from the artifact manifest (`manifest["policies"][name]`).
-    """
-    import policies  # noqa: F401  (registers the built-in policies)
-
-    if name not in REGISTRY:
-        raise PolicyError(f"unknown policy {name!r}; known: {sorted(REGISTRY)}")
-    return REGISTRY[name](num_exits, dict(params or {}), calibration)
+"""(num_exits, request params, manifest calibration) -> policy; see policies.registry."""
 
 
 # ---- shared helpers for the built-in policies (additive) ----------------------------------------

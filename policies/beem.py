@@ -34,7 +34,6 @@ from policies.base import (
     check_number,
     merge_params,
     probabilities,
-    register,
     threshold_value,
     thresholds_from,
 )
@@ -155,9 +154,9 @@ def _resolve(params: Mapping[str, Any], merged: Mapping[str, Any],
     return "cost", cost_weights(range(1, num_exits + 1)), merged
 
 
-@register("beem")
-def _build(num_exits: int, params: Mapping[str, Any],
-           calibration: Mapping[str, Any] | None) -> ExitPolicy:
+def build(num_exits: int, params: Mapping[str, Any],
+          calibration: Mapping[str, Any] | None) -> ExitPolicy:
+    """The policy from request `params` over the manifest `calibration` (registry factory)."""
     merged = merge_params("beem", params, calibration, ALLOWED)
     weighting, weights, source = _resolve(params, merged, calibration, num_exits)
     thresholds = thresholds_from("beem", source, params, num_exits, DEFAULT_ALPHA, 0.0, 1e6)

@@ -43,6 +43,7 @@ from policies.eenet_fit import EENetFit, EENetFitConfig, fit_eenet, fit_offset, 
 from policies.entropy import EntropyPolicy
 from policies.guard import check_confidence
 from policies.max_softmax import MaxProbPolicy
+from policies.names import DEFAULT_POLICY, POLICY_NAMES, PolicyName, is_policy_name
 from policies.patience import PatiencePolicy
 from policies.replay import replay, trace
 from policies.sweep import (
@@ -54,9 +55,6 @@ from policies.sweep import (
     sweep_global,
 )
 from policies.sweep import operating_point as summarise
-
-POLICIES = ("none", "static", "maxprob", "entropy", "patience", "beem", "eenet")
-DEFAULT_POLICY = "beem"
 
 
 @dataclass(frozen=True)
@@ -340,7 +338,7 @@ def fit_eenet_policy(data: Split, cfg: CalibrationConfig) -> PolicyCalibration:
     return PolicyCalibration("eenet", policy.params(), point, _guard_fit(cfg, method, **extra))
 
 
-FITTERS: dict[str, Callable[[Split, CalibrationConfig], PolicyCalibration]] = {
+FITTERS: dict[PolicyName, Callable[[Split, CalibrationConfig], PolicyCalibration]] = {
     "none": fit_none, "static": fit_static, "maxprob": fit_maxprob, "entropy": fit_entropy,
     "patience": fit_patience, "beem": fit_beem, "eenet": fit_eenet_policy,
 }
@@ -362,17 +360,18 @@ def calibrate(data: Split, names: Iterable[str] | None = None,
     """Fit the named policies (default: all) on validation data; no I/O."""
     cfg = config or CalibrationConfig()
     cfg.validate()
-    wanted = list(names) if names else list(POLICIES)
-    unknown = [n for n in wanted if n not in FITTERS]
+    wanted = list(names) if names else list(POLICY_NAMES)
+    chosen = [n for n in wanted if is_policy_name(n)]
+    unknown = [n for n in wanted if not is_policy_name(n)]
     if unknown:
-        raise PolicyError(f"cannot calibrate {unknown}; known: {list(POLICIES)}")
+        raise PolicyError(f"cannot calibrate {unknown}; known: {list(POLICY_NAMES)}")
     if data.logits.dim() != 3 or data.labels.shape != data.logits.shape[:1]:
         raise PolicyError(f"validation logits (N, K, C) and labels (N,) needed, got "
                           f"{tuple(data.logits.shape)} and {tuple(data.labels.shape)}")
     if not bool(torch.isfinite(data.logits).all()):
         raise PolicyError("validation logits contain NaN or inf")
     with single_thread():
-        return {name: FITTERS[name](data, cfg) for name in wanted}
+        return {name: FITTERS[name](data, cfg) for name in chosen}
 
 
 def load_split(root: str | Path, split: str, manifest: Mapping[str, Any]) -> Split:

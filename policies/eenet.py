@@ -28,7 +28,6 @@ from policies.base import (
     merge_params,
     normalised_entropy_confidence,
     probabilities,
-    register,
     threshold_value,
 )
 
@@ -105,9 +104,9 @@ class EENetPolicy(ExitPolicy):
 ALLOWED = {"a", "b", "thresholds", "budget", "offset"}
 
 
-@register("eenet")
-def _build(num_exits: int, params: Mapping[str, Any],
-           calibration: Mapping[str, Any] | None) -> ExitPolicy:
+def build(num_exits: int, params: Mapping[str, Any],
+          calibration: Mapping[str, Any] | None) -> ExitPolicy:
+    """The policy from request `params` over the manifest `calibration` (registry factory)."""
     """Needs fitted heads (calibration or explicit a, b, thresholds); `offset` shifts every
     threshold of exits 1..K-1 (positive = exit later, more cost)."""
     merged = merge_params("eenet", params, calibration, ALLOWED)

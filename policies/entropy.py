@@ -15,7 +15,6 @@ from policies.base import (
     ExitPolicy,
     merge_params,
     normalised_entropy_confidence,
-    register,
     thresholds_from,
 )
 from policies.threshold import ConfidenceThresholdPolicy
@@ -28,9 +27,9 @@ class EntropyPolicy(ConfidenceThresholdPolicy):
         return normalised_entropy_confidence(probs), probs.argmax(dim=-1)  # (B,), (B,)
 
 
-@register("entropy")
-def _build(num_exits: int, params: Mapping[str, Any],
-           calibration: Mapping[str, Any] | None) -> ExitPolicy:
+def build(num_exits: int, params: Mapping[str, Any],
+          calibration: Mapping[str, Any] | None) -> ExitPolicy:
+    """The policy from request `params` over the manifest `calibration` (registry factory)."""
     merged = merge_params("entropy", params, calibration, {"threshold", "thresholds"})
     return EntropyPolicy(num_exits, thresholds_from("entropy", merged, params, num_exits, 0.9,
                                                     0.0, 1.0))

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from policies.base import ExitPolicy, PolicyError, build_policy, probabilities
+from policies.base import ExitPolicy, PolicyError, probabilities
 from policies.beem import BeemPolicy
 from policies.beem_fit import BeemFitConfig, fit_per_exit
 from policies.calibration import (
@@ -31,6 +31,7 @@ from policies.entropy import EntropyPolicy
 from policies.max_softmax import MaxProbPolicy
 from policies.oracle import ORACLES
 from policies.patience import PatiencePolicy
+from policies.registry import build_policy
 from policies.replay import replay, trace
 from policies.sweep import OperatingPoint, operating_point, sweep_global
 

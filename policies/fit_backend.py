@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from policies.calibration import DEFAULT_POLICY, CalibrationConfig, Split, calibrate
+from policies.calibration import CalibrationConfig, Split, calibrate
 from policies.costs import manifest_costs
+from policies.names import DEFAULT_POLICY
 
 
 def calibrate_backend(root: str | Path, backend: str, precision: str,

@@ -13,7 +13,6 @@ import torch
 from policies.base import (
     ExitPolicy,
     merge_params,
-    register,
     thresholds_from,
 )
 from policies.threshold import ConfidenceThresholdPolicy
@@ -29,9 +28,9 @@ class MaxProbPolicy(ConfidenceThresholdPolicy):
         return conf, pred
 
 
-@register("maxprob")
-def _build(num_exits: int, params: Mapping[str, Any],
-           calibration: Mapping[str, Any] | None) -> ExitPolicy:
+def build(num_exits: int, params: Mapping[str, Any],
+          calibration: Mapping[str, Any] | None) -> ExitPolicy:
+    """The policy from request `params` over the manifest `calibration` (registry factory)."""
     merged = merge_params("maxprob", params, calibration, {"threshold", "thresholds"})
     return MaxProbPolicy(num_exits, thresholds_from("maxprob", merged, params, num_exits,
                                                     DEFAULT_THRESHOLD, 0.0, 1.0))

@@ -15,7 +15,6 @@ from policies.base import (
     PolicyState,
     merge_params,
     probabilities,
-    register,
 )
 
 
@@ -36,8 +35,8 @@ class NoExitPolicy(MemorylessPolicy):
         return {}
 
 
-@register("none")
-def _build(num_exits: int, params: Mapping[str, Any],
-           calibration: Mapping[str, Any] | None) -> ExitPolicy:
+def build(num_exits: int, params: Mapping[str, Any],
+          calibration: Mapping[str, Any] | None) -> ExitPolicy:
+    """The policy from request `params` over the manifest `calibration` (registry factory)."""
     merge_params("none", params, calibration, set())
     return NoExitPolicy(num_exits)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from policies.base import build_policy
+from policies.registry import build_policy
 from policies.replay import replay
 
 

@@ -19,7 +19,6 @@ from policies.base import (
     check_int,
     merge_params,
     probabilities,
-    register,
 )
 
 
@@ -54,8 +53,8 @@ class PatiencePolicy(ExitPolicy):
         return {"patience": self.patience}
 
 
-@register("patience")
-def _build(num_exits: int, params: Mapping[str, Any],
-           calibration: Mapping[str, Any] | None) -> ExitPolicy:
+def build(num_exits: int, params: Mapping[str, Any],
+          calibration: Mapping[str, Any] | None) -> ExitPolicy:
+    """The policy from request `params` over the manifest `calibration` (registry factory)."""
     merged = merge_params("patience", params, calibration, {"patience"})
     return PatiencePolicy(num_exits, merged.get("patience", min(3, num_exits)))

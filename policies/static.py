@@ -16,7 +16,6 @@ from policies.base import (
     check_int,
     merge_params,
     probabilities,
-    register,
 )
 
 
@@ -41,8 +40,8 @@ class StaticPolicy(MemorylessPolicy):
         return {"layer": self.layer}
 
 
-@register("static")
-def _build(num_exits: int, params: Mapping[str, Any],
-           calibration: Mapping[str, Any] | None) -> ExitPolicy:
+def build(num_exits: int, params: Mapping[str, Any],
+          calibration: Mapping[str, Any] | None) -> ExitPolicy:
+    """The policy from request `params` over the manifest `calibration` (registry factory)."""
     merged = merge_params("static", params, calibration, {"layer"})
     return StaticPolicy(num_exits, merged.get("layer", num_exits))

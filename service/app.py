@@ -16,15 +16,12 @@ from typing import Any
 from fastapi import FastAPI
 
 from service import __version__, errors, routes_caption, routes_v1, routes_v2
+from service.auth import OPEN_PATHS, ApiKeyMiddleware
+from service.limits import BodyLimitMiddleware
 from service.metrics import PrometheusStatLogger
+from service.middleware import RequestContextMiddleware
 from service.protocol import EngineClient
 from service.schemas import apply_limits
-from service.security import (
-    OPEN_PATHS,
-    ApiKeyMiddleware,
-    BodyLimitMiddleware,
-    RequestContextMiddleware,
-)
 from service.settings import Settings
 from service.shedding import LoadShedMiddleware
 
@@ -35,7 +32,7 @@ def build_engine(settings: Settings, sink: PrometheusStatLogger) -> EngineClient
     """The in-process torch engine (imported here so the HTTP layer stays torch-free)."""
     mod = importlib.import_module("service.engine")
     cfg = mod.EngineConfig.from_settings(settings)
-    return mod.InProcessEngine(cfg, sink)  # type: ignore[no-any-return]
+    return mod.InProcessEngine(cfg, sink)
 
 
 def create_app(settings: Settings | None = None, engine: EngineClient | None = None,

@@ -1,6 +1,8 @@
 """Uniform error answers: every route, v1 and OIP v2, answers errors with `ErrorBody` JSON.
 
-OIP clients (tritonclient, kserve) read the `error` key; people read `field` and `code`.
+OIP clients (tritonclient, kserve) read the `error` key; people read `field` and `code`. The
+exception handlers (`install`) answer for the routes; `send_error` answers from the pure-ASGI
+middleware (auth, limits, load shedding) before a route runs.
 """
 
 from __future__ import annotations
@@ -12,13 +14,32 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from service.protocol import EngineError, Overloaded
-from service.routes_v1 import ClientGone
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready (answered 499, read by nobody)."""
+
 
 CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "bad_request",
          413: "payload_too_large", 415: "bad_request", 422: "bad_request", 429: "overloaded",
          500: "internal", 503: "not_ready", 504: "timeout"}
+
+
+async def send_error(send: Send, status: int, code: str, message: str, request_id: str,
+                     headers: dict[str, str] | None = None) -> None:
+    """Answer with the uniform error body (see service.schemas.ErrorBody)."""
+    body = json.dumps({"error": message, "code": code, "field": None,
+                       "request_id": request_id}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+           (REQUEST_ID_HEADER.encode(), request_id.encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 def error_response(request: Request, status: int, message: str, field: str | None = None,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Task = Literal["text-classifier", "captioner"]  # the model kinds a request can ask for
 
 
 # ---- errors --------------------------------------------------------------------------------
@@ -145,6 +147,16 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class ResolvedNames:
+    """The model and policy a request runs under, as the engine resolves them: the names its
+    answer, its access-log line and its metric labels carry. `None` when the engine does not know
+    them (the request will then fail with the engine's own error)."""
+
+    model: str | None
+    policy: str | None
+
+
+@dataclass(frozen=True)
 class EngineStatus:
     queue_depth: int
     active_rows: int
@@ -166,6 +178,10 @@ class EngineClient(Protocol):
     def models(self) -> list[ModelInfo]: ...
 
     def status(self) -> EngineStatus: ...
+
+    def resolve(self, task: Task, model: str | None, policy: str | None) -> ResolvedNames:
+        """The names a `task` request naming `model` / `policy` (None: the defaults) runs under.
+        Never raises; only known model and policy names come back (bounded label values)."""
 
     async def classify(self, req: ClassifyRequest) -> list[ClassifyResult]:
         """One result per text, in order. Raises EngineError subclasses."""

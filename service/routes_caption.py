@@ -31,11 +31,11 @@ from service.protocol import (
     CaptionEvent,
     CaptionRequest,
     CaptionResult,
-    EngineClient,
     EngineError,
     NotReady,
+    ResolvedNames,
 )
-from service.routes_v1 import ERRORS, engine_of
+from service.route_helpers import ERRORS, engine_of, label_request, settings_of
 from service.schemas import CaptionBody, CaptionResponse, CaptionResultOut, CaptionTiming
 from service.settings import Settings
 
@@ -85,14 +85,6 @@ def check_pixels(raw: bytes, name: str, limit: int) -> None:
                          f"(max_image_pixels)", name)
 
 
-def resolve_captioner(engine: EngineClient, model: str | None,
-                      policy: str | None) -> tuple[str | None, str | None]:
-    for m in engine.models():
-        if m.ready and m.kind == "captioner" and (model is None or m.name == model):
-            return m.name, policy or m.default_policy
-    return None, policy
-
-
 @router.post("/v1/caption", response_model=CaptionResponse, tags=["inference"],
              responses={**{k: v for k, v in ERRORS.items() if k != 401},
                         200: {"content": {"text/event-stream": {}},
@@ -100,7 +92,7 @@ def resolve_captioner(engine: EngineClient, model: str | None,
 async def caption(body: CaptionBody, request: Request) -> CaptionResponse | StreamingResponse:
     """Caption one image or a list; every token says at which decoder layer it exited."""
     t0 = time.perf_counter()
-    settings: Settings = request.app.state.settings
+    settings = settings_of(request)
     engine = engine_of(request)
     if not engine.ready():
         raise NotReady("models are not loaded yet")
@@ -108,12 +100,10 @@ async def caption(body: CaptionBody, request: Request) -> CaptionResponse | Stre
         raise BadRequest(f"max_tokens: {body.max_tokens} is over the limit of "
                          f"{settings.max_caption_tokens} (max_caption_tokens)", "max_tokens")
     images = check_images(body, settings)
-    policy_name = body.policy or settings.default_policy
-    model, policy = resolve_captioner(engine, body.model, policy_name)
-    labels = request.state.labels
-    labels.items = len(images)
-    labels.model, labels.policy = model or "unknown", policy or "unknown"
-    req = CaptionRequest(images=images, model=body.model, policy=policy_name,
+    asked = body.policy or settings.default_policy
+    names = engine.resolve("captioner", body.model, asked)
+    label_request(request, names, len(images))
+    req = CaptionRequest(images=images, model=body.model, policy=asked,
                          params=dict(body.params),
                          max_tokens=body.max_tokens or settings.max_caption_tokens,
                          latency_budget_ms=body.latency_budget_ms, deadline_ms=body.deadline_ms,
@@ -121,19 +111,20 @@ async def caption(body: CaptionBody, request: Request) -> CaptionResponse | Stre
     if body.stream:
         events = engine.caption_stream(req)
         first = await anext(events)  # errors before the first event are plain HTTP errors
-        rid, names = request.state.request_id, (model or "", policy or "")
+        rid = request.state.request_id
         return StreamingResponse(_sse(first, events, rid, names), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache"})
     results = await engine.caption(req)
-    labels.queue_seconds = max(r.queue_ms for r in results) / 1e3
-    return _response(request.state.request_id, model or "", policy or "", results, t0)
+    request.state.labels.queue_seconds = max(r.queue_ms for r in results) / 1e3
+    return _response(request.state.request_id, names, results, t0)
 
 
-def _response(rid: str, model: str, policy: str, results: list[CaptionResult],
+def _response(rid: str, names: ResolvedNames, results: list[CaptionResult],
               t0: float) -> CaptionResponse:
     timing = CaptionTiming(queue_ms=max(r.queue_ms for r in results),
                            total_ms=round((time.perf_counter() - t0) * 1e3, 3))
-    return CaptionResponse(request_id=rid, model=model, policy=policy, timing=timing,
+    return CaptionResponse(request_id=rid, model=names.model or "", policy=names.policy or "",
+                           timing=timing,
                            results=[CaptionResultOut.of(r) for r in results])
 
 
@@ -151,7 +142,7 @@ def _encode(ev: CaptionEvent) -> bytes:
 
 
 async def _sse(first: CaptionEvent, rest: AsyncIterator[CaptionEvent], rid: str,
-               names: tuple[str, str]) -> AsyncIterator[bytes]:
+               names: ResolvedNames) -> AsyncIterator[bytes]:
     yield _encode(first)
     try:
         async for ev in rest:
@@ -160,4 +151,5 @@ async def _sse(first: CaptionEvent, rest: AsyncIterator[CaptionEvent], rid: str,
         yield _event("error", {"error": e.message, "code": CODES.get(e.status, "error"),
                                "field": e.field, "request_id": rid})
         return
-    yield _event("done", {"request_id": rid, "model": names[0], "policy": names[1]})
+    yield _event("done", {"request_id": rid, "model": names.model or "",
+                          "policy": names.policy or ""})

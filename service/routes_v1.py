@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable
-from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.metrics import CONTENT_TYPE
-from service.protocol import BadRequest, ClassifyRequest, EngineClient, NotReady, UnknownModel
+from service.protocol import ClassifyRequest, NotReady, UnknownModel
+from service.route_helpers import (
+    ERRORS,
+    check_texts,
+    engine_of,
+    label_request,
+    settings_of,
+    unless_disconnected,
+)
 from service.schemas import (
     ClassifyBody,
     ClassifyResponse,
-    ErrorBody,
     HealthOut,
     ModelInfoOut,
     ModelList,
@@ -24,45 +28,8 @@ from service.schemas import (
     ReadyOut,
     result_dict,
 )
-from service.settings import Settings
 
 router = APIRouter()
-T = TypeVar("T")
-
-
-class ClientGone(Exception):
-    """The client disconnected before its answer was ready."""
-
-
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it if the client disconnects first (its engine rows are then
-    dropped at the next layer step)."""
-    task = asyncio.ensure_future(work)
-
-    async def watch() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if task not in done:
-        task.cancel()
-        raise ClientGone("client disconnected")
-    return task.result()
-ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorBody, "description": d} for s, d in [
-        (400, "bad input; the message names the field and the limit"),
-        (401, "missing or wrong API key"), (404, "unknown model"),
-        (413, "body over max_body_bytes"), (429, "queue full; retry after Retry-After seconds"),
-        (500, "internal error (quote the request id)"), (503, "not ready or shutting down"),
-        (504, "deadline passed")]}
-
-
-def engine_of(request: Request) -> EngineClient:
-    return request.app.state.engine  # type: ignore[no-any-return]
 
 
 @router.get("/healthz", response_model=HealthOut, tags=["health"])
@@ -98,63 +65,32 @@ async def get_model(name: str, request: Request) -> ModelInfoOut:
     raise UnknownModel(f"unknown model {name!r}", "name")
 
 
-def check_texts(body: ClassifyBody, settings: Settings) -> list[str]:
-    """The texts of a request, within the configured limits (BadRequest naming the field)."""
-    texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
-    if not texts:
-        raise BadRequest("inputs: give at least one text", "inputs")
-    if len(texts) > settings.max_texts_per_request:
-        raise BadRequest(f"inputs: {len(texts)} texts is over the limit of "
-                         f"{settings.max_texts_per_request} (max_texts_per_request)", "inputs")
-    return [check_text(t, f"inputs[{i}]", settings) for i, t in enumerate(texts)]
-
-
-def check_text(text: str, field: str, settings: Settings) -> str:
-    """One text: non-empty and within `max_chars_per_text` (BadRequest naming `field`)."""
-    if not text.strip():
-        raise BadRequest(f"{field}: text is empty", field)
-    if len(text) > settings.max_chars_per_text:
-        raise BadRequest(f"{field}: {len(text)} characters is over the limit of "
-                         f"{settings.max_chars_per_text} (max_chars_per_text)", field)
-    return text
-
-
 @router.post("/v1/classify", response_model=ClassifyResponse, tags=["inference"],
              responses={k: v for k, v in ERRORS.items() if k != 401})
 async def classify(body: ClassifyBody, request: Request) -> Response:
     """Classify one text or a list; each result says at which exit it left and why."""
     t0 = time.perf_counter()
-    settings: Settings = request.app.state.settings
+    settings = settings_of(request)
     engine = engine_of(request)
     if not engine.ready():
         raise NotReady("models are not loaded yet")
-    texts = check_texts(body, settings)
-    model, policy = resolve_names(engine, body.model, body.policy or settings.default_policy)
-    labels = request.state.labels
-    labels.items = len(texts)
-    labels.model, labels.policy = model or "unknown", policy or "unknown"
+    texts = check_texts(body.inputs, settings)
+    asked = body.policy or settings.default_policy
+    names = engine.resolve("text-classifier", body.model, asked)
+    label_request(request, names, len(texts))
     results = await unless_disconnected(request, engine.classify(ClassifyRequest(
-        texts=texts, model=body.model, policy=body.policy or settings.default_policy,
+        texts=texts, model=body.model, policy=asked,
         params=dict(body.params), latency_budget_ms=body.latency_budget_ms,
         deadline_ms=body.deadline_ms, return_trace=body.return_trace,
         request_id=request.state.request_id)))
-    labels.queue_seconds = max(r.queue_ms for r in results) / 1e3
+    request.state.labels.queue_seconds = max(r.queue_ms for r in results) / 1e3
     timing = {"queue_ms": max(r.queue_ms for r in results),
               "compute_ms": max(r.compute_ms for r in results),
               "total_ms": round((time.perf_counter() - t0) * 1e3, 3)}
-    answer = {"request_id": request.state.request_id, "model": model or "",
-              "policy": policy or "", "results": [result_dict(r) for r in results],
+    answer = {"request_id": request.state.request_id, "model": names.model or "",
+              "policy": names.policy or "", "results": [result_dict(r) for r in results],
               "timing": timing}  # the ClassifyResponse schema, serialised without re-validation
     return Response(orjson.dumps(answer), media_type="application/json")
-
-
-def resolve_names(engine: EngineClient, model: str | None,
-                  policy: str | None) -> tuple[str | None, str | None]:
-    """The model and policy a request will run under, when known (for labels and answers)."""
-    for m in engine.models():
-        if m.ready and m.kind == "text-classifier" and (model is None or m.name == model):
-            return m.name, policy or m.default_policy
-    return None, policy
 
 
 @router.get("/metrics", tags=["metrics"], response_class=Response,

@@ -35,7 +35,14 @@ from service.protocol import (
     NotReady,
     UnknownModel,
 )
-from service.routes_v1 import ERRORS, check_text, engine_of, unless_disconnected
+from service.route_helpers import (
+    ERRORS,
+    check_text,
+    engine_of,
+    label_request,
+    settings_of,
+    unless_disconnected,
+)
 from service.schemas import (
     InferRequestBody,
     LiveOut,
@@ -119,21 +126,20 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
     info = _model(request, name)
     raw = split_body(await request.body(), request.headers.get(HEADER))
     body = _validate(raw.header)
-    texts = _texts(body, raw, request.app.state.settings)
+    texts = _texts(body, raw, settings_of(request))
     params = body.parameters
     policy = params.get("policy")
     budget, deadline = (_positive(params, k) for k in ("latency_budget_ms", "deadline_ms"))
     if policy is not None and not isinstance(policy, str):
         raise BadRequest("parameters.policy must be a string", "parameters.policy")
-    labels = request.state.labels
-    labels.model, labels.policy = info.name, policy or info.default_policy
-    labels.items = len(texts)
+    names = engine.resolve("text-classifier", info.name, policy)
+    label_request(request, names, len(texts))
     results = await unless_disconnected(request, engine.classify(ClassifyRequest(
         texts=texts, model=info.name, policy=policy,
         params={k: v for k, v in params.items() if k not in RESERVED},
         latency_budget_ms=budget, deadline_ms=deadline, request_id=request.state.request_id)))
-    labels.queue_seconds = max(r.queue_ms for r in results) / 1e3
-    return _answer(body, info, results, labels.policy, (time.perf_counter() - t0) * 1e3)
+    request.state.labels.queue_seconds = max(r.queue_ms for r in results) / 1e3
+    return _answer(body, info, results, names.policy or "", (time.perf_counter() - t0) * 1e3)
 
 
 def _validate(header: dict[str, Any]) -> InferRequestBody:

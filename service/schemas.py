@@ -11,11 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from policies.names import PolicyName
 from service.protocol import CaptionResult, ClassifyResult, ModelInfo
 from service.settings import Settings
 
-POLICIES = ("beem", "eenet", "maxprob", "entropy", "patience", "static", "none")
-PolicyName = Literal["beem", "eenet", "maxprob", "entropy", "patience", "static", "none"]
 ParamValue = bool | int | float | str
 MIN_DEADLINE_MS = 50.0  # shorter deadlines cannot be met over HTTP; rejected as bad input
 

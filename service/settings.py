@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from policies.names import PolicyName
+
 MiB = 1024 * 1024
 
 Device = Literal["cpu", "cuda", "auto"]
@@ -44,8 +46,9 @@ class Settings(BaseSettings):
                                    "wait for half the batch to free up (bigger cohorts)")
     catch_up_rounds: int = Field(0, ge=0, le=64, description="layer rounds a deeper cohort may "
                                  "wait for younger ones to reach it and merge; 0 = never wait")
-    default_policy: str | None = Field(None, description="policy when a request names none; "
-                                                         "None = each model's own default")
+    default_policy: PolicyName | None = Field(None, description="policy when a request names "
+                                                                "none; None = each model's own "
+                                                                "default")
     torch_threads: int | None = Field(None, ge=1, le=1024)
     backend: Backend = Field("auto", description="text models' layer runtime: torch (eager, "
                              "any device), onnx (ONNX Runtime on the CPU, per-layer graphs), "

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.security import endpoint_of, send_error
+from service.errors import send_error
+from service.middleware import endpoint_of
 
 
 class LoadShedMiddleware:

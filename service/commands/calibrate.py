@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from policies.names import POLICY_NAMES
 from service.cli import CliError
 
 GUARD_HELP = "guarded validation accuracy loss allowed vs the last exit, as a fraction " \
@@ -55,18 +56,18 @@ def guard_config(args: argparse.Namespace, **extra: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from policies.calibration import POLICIES, calibrate_artifact
+    from policies.calibration import calibrate_artifact
 
     if not args.dir.is_dir():
         raise CliError(f"{args.dir}: no such artifact directory")
     names = args.policies or None
-    unknown = [n for n in names or [] if n not in POLICIES]
+    unknown = [n for n in names or [] if n not in POLICY_NAMES]
     if unknown:
-        raise CliError(f"unknown policy {unknown[0]!r}; known: {', '.join(POLICIES)}")
+        raise CliError(f"unknown policy {unknown[0]!r}; known: {', '.join(POLICY_NAMES)}")
     cfg = guard_config(args, min_support=args.min_support, reference=args.reference,
                        eenet_budget=args.eenet_budget,
                        beem_target_speedup=args.beem_target_speedup)
-    fitted = names or list(POLICIES)
+    fitted = names or list(POLICY_NAMES)
     if (args.backend, args.precision) != ("torch", "fp32"):
         return _calibrate_backend(args, names, cfg, fitted)
     manifest = calibrate_artifact(args.dir, names, cfg)

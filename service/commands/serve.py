@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
-    from service.security import logging_config
+    from service.logging_setup import logging_config
 
     settings = settings_from(args)
     if not settings.models:

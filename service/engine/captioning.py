@@ -260,7 +260,7 @@ class CaptionRunner:
             h.fail(DeadlineExceeded("deadline passed while queued", "deadline_ms"))
             return
         h.admitted_at = t
-        model: MultiExitCaptioner = h.served.model
+        model = h.served.captioner
         state = model.encode_images(h.pixels, capacity=h.max_tokens)
         rows = [CaptionRow(h, i, t) for i in range(h.size)]
         for c in self.cohorts:
@@ -280,7 +280,7 @@ class CaptionRunner:
             self._drop(c, keep)
             if not c.rows:
                 return
-        model: MultiExitCaptioner = c.served.model
+        model = c.served.captioner
         name = c.served.name
         budget = None
         if any(r.handle.budget_s for r in c.rows):

@@ -11,11 +11,13 @@ rows under different policies still share the matrix multiplies.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
-from models.base import ExitBatch, StepModel
+from models.base import MergeableBatch, StepModel
 from policies import ExitPolicy, PolicyState, enforce_last_exit
 from service.engine.handles import RequestHandle
 from service.protocol import ClassifyResult, DeadlineExceeded, ExitTrace
@@ -37,7 +39,7 @@ class Cohort:
     model: str
     policy_name: str
     policy: ExitPolicy
-    batch: ExitBatch  # the backend's rows at `batch.layer` (hidden states (B, T, H))
+    batch: MergeableBatch  # the backend's rows at `batch.layer` (hidden states (B, T, H))
     state: PolicyState  # (B,) policy memory
     rows: list[Row]
     skipped: int = 0  # rounds this cohort waited for younger cohorts to catch up
@@ -74,7 +76,7 @@ class UpdateOutcome:
     dropped: int  # rows removed because their request failed, expired or was cancelled
 
 
-def advance_group(model: StepModel, cohorts: list[Cohort]) -> list[ExitBatch]:
+def advance_group(model: StepModel, cohorts: list[Cohort]) -> list[MergeableBatch]:
     """Step cohorts through the next layer without exit heads (no exit is possible there)."""
     k = cohorts[0].layer + 1
     if len(cohorts) == 1:
@@ -83,12 +85,12 @@ def advance_group(model: StepModel, cohorts: list[Cohort]) -> list[ExitBatch]:
     return _split_rows(model.advance(merged, k), [len(c) for c in cohorts])
 
 
-def concatenate(batches: list[ExitBatch]) -> ExitBatch:
+def concatenate(batches: Sequence[MergeableBatch]) -> MergeableBatch:
     """Merge same-layer batches of one backend (the batch class knows how)."""
     return type(batches[0]).concatenate(batches)
 
 
-def _split_rows(batch: ExitBatch, sizes: list[int]) -> list[ExitBatch]:
+def _split_rows(batch: MergeableBatch, sizes: list[int]) -> list[MergeableBatch]:
     out, start = [], 0
     for n in sizes:
         keep = torch.zeros(len(batch), dtype=torch.bool)  # (B,) the batch moves it if needed
@@ -99,7 +101,7 @@ def _split_rows(batch: ExitBatch, sizes: list[int]) -> list[ExitBatch]:
 
 
 def run_group(model: StepModel,
-              cohorts: list[Cohort]) -> list[tuple[torch.Tensor, ExitBatch]]:
+              cohorts: list[Cohort]) -> list[tuple[torch.Tensor, MergeableBatch]]:
     """Step every cohort (same model, same layer) through the next layer as one batch.
 
     Returns per cohort the exit logits (B_i, C) and the advanced batch, rows in order.
@@ -107,16 +109,16 @@ def run_group(model: StepModel,
     k = cohorts[0].layer + 1
     if len(cohorts) == 1:
         out = model.step(cohorts[0].batch, k)
-        return [(out.logits, out.batch)]
+        return [(out.logits, cast(MergeableBatch, out.batch))]  # text batches merge
     merged = concatenate([c.batch for c in cohorts])  # (sum B_i, T_max, H)
     out = model.step(merged, k)
     sizes = [len(c) for c in cohorts]
-    batches = _split_rows(out.batch, sizes)
+    batches = _split_rows(cast(MergeableBatch, out.batch), sizes)
     logits = torch.split(out.logits, sizes)  # B_i x (B_i, C)
     return list(zip(logits, batches, strict=True))
 
 
-def update(cohort: Cohort, logits: torch.Tensor, batch: ExitBatch, num_exits: int, now: float,
+def update(cohort: Cohort, logits: torch.Tensor, batch: MergeableBatch, num_exits: int, now: float,
            next_step_s: float) -> UpdateOutcome:
     """Apply the policy and the engine's rules to one stepped cohort."""
     k = batch.layer

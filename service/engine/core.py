@@ -19,6 +19,7 @@ import torch
 
 from models.base import Encoded
 from models.loading import BackendChoice, load_artifact, resolve_device
+from policies.names import known_policy
 from service.engine.captioning import CaptionHandle, CaptionRunner, decode_images
 from service.engine.captioning import warm_up as warm_up_captioner
 from service.engine.config import EngineConfig
@@ -37,6 +38,8 @@ from service.protocol import (
     EngineStatus,
     ModelInfo,
     NotReady,
+    ResolvedNames,
+    Task,
     UnknownModel,
 )
 from service.stats import NullSink, StatsSink
@@ -112,11 +115,11 @@ class InProcessEngine:
         length had been seen. Runs on the worker thread, before the engine reports ready.
         """
         if served.loaded.kind == "captioner":
-            warm_up_captioner(served.model)
+            warm_up_captioner(served.captioner)
             return
-        model = served.model
+        model = served.text_model
         tok = model.tokenizer
-        filler = tok.convert_tokens_to_ids(tok.tokenize("movie"))[:1] or [tok.unk_token_id or 0]
+        filler = tok.encode("movie", add_special_tokens=False)[:1] or [tok.unk_token_id or 0]
         first = tok.cls_token_id if tok.cls_token_id is not None else filler[0]
         last = tok.sep_token_id if tok.sep_token_id is not None else filler[0]
         for t in range(2, model.config.max_length + 1):
@@ -198,6 +201,13 @@ class InProcessEngine:
                             (c.active_rows() if c else 0),
                             loaded_models=len(self.served))
 
+    def resolve(self, task: Task, model: str | None, policy: str | None) -> ResolvedNames:
+        """The names `classify` / `caption` run a request under (EngineClient.resolve)."""
+        try:
+            return self._model(model, task).names(policy)
+        except EngineError:
+            return ResolvedNames(None, known_policy(policy))
+
     # ---- requests -------------------------------------------------------------------------------
     def _model(self, name: str | None, kind: str = "text-classifier") -> ServedModel:
         if name is None:
@@ -224,7 +234,7 @@ class InProcessEngine:
         arrival = now()
         self.scheduler.reserve(len(req.texts))  # Overloaded before any work is done
         try:
-            enc = await asyncio.to_thread(served.model.encode, req.texts)
+            enc = await asyncio.to_thread(served.text_model.encode, req.texts)
         except BaseException:
             self.scheduler.release(len(req.texts))
             raise
@@ -232,7 +242,7 @@ class InProcessEngine:
             self.scheduler.release(len(req.texts))
             i = enc.truncated.index(True)
             raise BadRequest(f"inputs[{i}] is longer than the model's "
-                             f"{served.model.config.max_length} tokens (long_text=reject)",
+                             f"{served.text_model.config.max_length} tokens (long_text=reject)",
                              "inputs")
         timeout_ms = min(req.deadline_ms or self.cfg.request_timeout_ms,
                          self.cfg.request_timeout_ms)
@@ -277,13 +287,13 @@ class InProcessEngine:
         policy = served.policy(key)  # BadRequest on unknown policy or bad params
         if not req.images:
             raise BadRequest("images must hold at least one image", "images")
-        cap = min(served.model.config.max_tokens, served.model.max_positions)
-        if req.max_tokens is not None and not 1 <= req.max_tokens <= served.model.max_positions:
+        cap = min(served.captioner.config.max_tokens, served.captioner.max_positions)
+        if req.max_tokens is not None and not 1 <= req.max_tokens <= served.captioner.max_positions:
             raise BadRequest(f"max_tokens={req.max_tokens} out of range 1.."
-                             f"{served.model.max_positions} for this model", "max_tokens")
+                             f"{served.captioner.max_positions} for this model", "max_tokens")
         max_tokens = req.max_tokens or cap
         arrival = now()
-        pixels = await asyncio.to_thread(decode_images, req.images, served.model.config.image)
+        pixels = await asyncio.to_thread(decode_images, req.images, served.captioner.config.image)
         timeout_ms = min(req.deadline_ms or self.cfg.request_timeout_ms,
                          self.cfg.request_timeout_ms)
         loop = asyncio.get_running_loop()

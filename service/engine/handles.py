@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.base import Encoded
+from policies import ExitPolicy
 from service.protocol import ClassifyResult, EngineError
 
 
@@ -29,7 +30,7 @@ class PolicyKey:
 class RequestHandle:
     model: str
     policy: PolicyKey
-    policy_obj: Any  # the built ExitPolicy (validated on the event loop before queueing)
+    policy_obj: ExitPolicy  # built and validated on the event loop before queueing
     encoded: Encoded  # (n, T) token ids of all texts of the request
     future: asyncio.Future[list[ClassifyResult]]
     loop: asyncio.AbstractEventLoop

@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
-from models.base import Encoded, ExitBatch
+from models.base import Encoded, MergeableBatch
 from service.engine.cohort import (
     Cohort,
     Row,
@@ -221,7 +221,7 @@ class Scheduler:
         t = now()
         batches, rows = [], []
         for c in group:
-            batches.append(served.model.embed(_slice(c.handle.encoded, c.start, c.stop)))
+            batches.append(served.text_model.embed(_slice(c.handle.encoded, c.start, c.stop)))
             h = c.handle
             for i in range(c.start, c.stop):
                 end = t + h.budget_s if h.budget_s is not None else None
@@ -296,7 +296,7 @@ class Scheduler:
         return kept
 
     def _update(self, served: ServedModel, c: Cohort, logits: torch.Tensor,
-                batch: ExitBatch) -> list[Cohort]:
+                batch: MergeableBatch) -> list[Cohort]:
         t = now()
         out = update(c, logits, batch, served.num_exits, t, served.step_cost.seconds)
         if out.exited:

@@ -8,12 +8,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from models.base import StepModel
+from models.captioner import MultiExitCaptioner
 from models.loading import LoadedModel
 from policies import ExitPolicy, PolicyError, build_policy
+from policies.names import known_policy
 from service.engine.handles import PolicyKey
-from service.protocol import BadRequest, ModelInfo
+from service.protocol import BadRequest, ModelInfo, ResolvedNames
 
 POLICY_CACHE = 256  # distinct (policy, params) objects kept per model
+ServableModel = StepModel | MultiExitCaptioner
 
 
 @dataclass
@@ -48,8 +52,26 @@ class ServedModel:
         return self.loaded.name
 
     @property
-    def model(self) -> Any:
-        return self.loaded.model
+    def model(self) -> ServableModel:
+        """The loaded model, of either kind (`text_model` / `captioner` narrow it)."""
+        model: ServableModel = self.loaded.model
+        return model
+
+    @property
+    def text_model(self) -> StepModel:
+        """The model as a text step model (any backend); TypeError when it is a captioner."""
+        model = self.model
+        if isinstance(model, MultiExitCaptioner) or not isinstance(model, StepModel):
+            raise TypeError(f"model {self.name!r} is a {self.loaded.kind}, not a text classifier")
+        return model
+
+    @property
+    def captioner(self) -> MultiExitCaptioner:
+        """The model as a captioner; TypeError when it is a text classifier."""
+        model = self.model
+        if not isinstance(model, MultiExitCaptioner):
+            raise TypeError(f"model {self.name!r} is a {self.loaded.kind}, not a captioner")
+        return model
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -66,6 +88,11 @@ class ServedModel:
 
     def calibration(self, name: str) -> Mapping[str, Any] | None:
         return (self.manifest.get("policies") or {}).get(name)
+
+    def names(self, policy: str | None) -> ResolvedNames:
+        """This model's name and the policy a request asking for `policy` (None: this model's
+        default) runs under; the policy is None when it is no known policy name."""
+        return ResolvedNames(self.name, known_policy(policy or self.default_policy))
 
     def policy(self, key: PolicyKey) -> ExitPolicy:
         """The policy for `key`, built once and cached; BadRequest on bad names or params."""

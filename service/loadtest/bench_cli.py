@@ -82,7 +82,7 @@ def tqdm_factory(stream: TextIO) -> Any:
 
     def make(policy: str, load: LoadSpec, bound: Bound) -> ProgressBar:
         return tqdm(total=bound.requests, desc=f"{policy} {load.label}", unit="req",
-                    file=stream, leave=False, dynamic_ncols=True)  # type: ignore[return-value]
+                    file=stream, leave=False, dynamic_ncols=True)
     return make
 
 

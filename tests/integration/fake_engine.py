@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from policies.names import known_policy
 from service.protocol import (
     BadRequest,
     CaptionEvent,
@@ -16,6 +17,8 @@ from service.protocol import (
     EngineStatus,
     ModelInfo,
     NotReady,
+    ResolvedNames,
+    Task,
     UnknownModel,
 )
 
@@ -52,6 +55,11 @@ class FakeEngine:
 
     def status(self) -> EngineStatus:
         return EngineStatus(queue_depth=0, active_rows=0, loaded_models=1)
+
+    def resolve(self, task: Task, model: str | None, policy: str | None) -> ResolvedNames:
+        if task != "text-classifier" or model not in (None, "fake"):
+            return ResolvedNames(None, known_policy(policy))
+        return ResolvedNames("fake", known_policy(policy or "beem"))
 
     async def classify(self, req: ClassifyRequest) -> list[ClassifyResult]:
         self.requests.append(req)

@@ -12,7 +12,6 @@ import torch
 from models.artifact import read_manifest
 from policies import PolicyError, build_policy
 from policies.calibration import (
-    POLICIES,
     CalibrationConfig,
     PolicyCalibration,
     Split,
@@ -21,6 +20,7 @@ from policies.calibration import (
 )
 from policies.costs import custom_costs
 from policies.eenet_fit import EENetFitConfig
+from policies.names import POLICY_NAMES as POLICIES
 from policies.replay import replay
 from policies.sweep import operating_point
 

@@ -1,0 +1,92 @@
+"""What every route module shares: the engine of a request, input checks, error docs, the
+disconnect watch and the request's metric labels. No torch.
+
+Routes (service/routes_v1.py, routes_v2.py, routes_caption.py) import from here, never from each
+other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from fastapi import Request
+
+from service.errors import ClientGone
+from service.protocol import BadRequest, EngineClient, ResolvedNames
+from service.schemas import ErrorBody
+from service.settings import Settings
+
+T = TypeVar("T")
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorBody, "description": d} for s, d in [
+        (400, "bad input; the message names the field and the limit"),
+        (401, "missing or wrong API key"), (404, "unknown model"),
+        (413, "body over max_body_bytes"), (429, "queue full; retry after Retry-After seconds"),
+        (500, "internal error (quote the request id)"), (503, "not ready or shutting down"),
+        (504, "deadline passed")]}
+"""OpenAPI `responses` of the error statuses (routes pick the ones they can answer)."""
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first (its engine rows are then
+    dropped at the next layer step)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task not in done:
+        task.cancel()
+        raise ClientGone("client disconnected")
+    return task.result()
+
+
+def engine_of(request: Request) -> EngineClient:
+    """The engine the app's lifespan started."""
+    engine: EngineClient = request.app.state.engine
+    return engine
+
+
+def settings_of(request: Request) -> Settings:
+    """The settings the app was built with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def label_request(request: Request, names: ResolvedNames, items: int) -> None:
+    """Give the request's access-log line and metrics the engine's names for its model and
+    policy ("unknown" when the engine does not know them) and its number of items."""
+    labels = request.state.labels
+    labels.items = items
+    labels.model = names.model or "unknown"
+    labels.policy = names.policy or "unknown"
+
+
+def check_texts(inputs: str | list[str], settings: Settings) -> list[str]:
+    """The texts of a request, within the configured limits (BadRequest naming the field)."""
+    texts = [inputs] if isinstance(inputs, str) else list(inputs)
+    if not texts:
+        raise BadRequest("inputs: give at least one text", "inputs")
+    if len(texts) > settings.max_texts_per_request:
+        raise BadRequest(f"inputs: {len(texts)} texts is over the limit of "
+                         f"{settings.max_texts_per_request} (max_texts_per_request)", "inputs")
+    return [check_text(t, f"inputs[{i}]", settings) for i, t in enumerate(texts)]
+
+
+def check_text(text: str, field: str, settings: Settings) -> str:
+    """One text: non-empty and within `max_chars_per_text` (BadRequest naming `field`)."""
+    if not text.strip():
+        raise BadRequest(f"{field}: text is empty", field)
+    if len(text) > settings.max_chars_per_text:
+        raise BadRequest(f"{field}: {len(text)} characters is over the limit of "
+                         f"{settings.max_chars_per_text} (max_chars_per_text)", field)
+    return text
