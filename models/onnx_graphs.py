@@ -99,3 +99,33 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: str, inputs
         torch.onnx.export(module, args, path, input_names=inputs, output_names=outputs,
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False,
                           do_constant_folding=True)
+
+
+class WholeGraph(nn.Module):
+    """The plain full-depth model (what a user exports): input_ids, mask -> last-exit logits."""
+
+    def __init__(self, model: MultiExitTextClassifier):
+        super().__init__()
+        self.embed = EmbedGraph(model)
+        self.layers = nn.ModuleList(LayerGraph(model, k) for k in range(1, model.num_exits + 1))
+
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed(input_ids)  # (B, T, H)
+        logits = hidden.new_zeros(0)
+        for i, layer in enumerate(self.layers):
+            hidden, head = layer(hidden, mask)
+            if i == len(self.layers) - 1:
+                logits = head  # (B, C); earlier heads are pruned from the graph as unused
+        return logits
+
+
+def export_whole(model: MultiExitTextClassifier, path: str) -> None:
+    """One graph for the whole model at full depth (the ONNX peer's model)."""
+    model = model.cpu().float().eval()
+    eager_attention(model)
+    ids = torch.ones((2, 7), dtype=torch.long)  # (B, T)
+    mask = torch.ones((2, 7), dtype=torch.long)
+    with torch.no_grad():
+        _export(WholeGraph(model), (ids, mask), path, ["input_ids", "mask"], ["logits"],
+                {"input_ids": {0: "batch", 1: "seq"}, "mask": {0: "batch", 1: "seq"},
+                 "logits": {0: "batch"}})

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import (
@@ -255,22 +256,33 @@ class MultiExitTextClassifier(nn.Module):
 def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
                  max_length: int) -> Encoded:
     """Tokenise on the CPU, right-padded; texts over `max_length` tokens are cut (and marked)."""
+    rows, truncated = tokenize_rows(tokenizer, texts, max_length)
+    return pack_rows(rows, truncated, tokenizer.pad_token_id or 0)
+
+
+def tokenize_rows(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
+                  max_length: int) -> tuple[list[list[int]], list[bool]]:
+    """Token ids per text (special tokens included) and whether each was cut to `max_length`."""
     m = max_length
     # one tokenizer pass at m + 1 tokens: a row that fills them was longer than m; it is
     # then cut to m keeping its closing special token, as truncation=True would
     ids = tokenizer(list(texts), add_special_tokens=True, truncation=True,
                     max_length=m + 1)["input_ids"]
     truncated = [len(row) > m for row in ids]
-    ids = [row[:m - 1] + row[-1:] if cut else row for row, cut in zip(ids, truncated, strict=True)]
-    lengths = [len(row) for row in ids]
+    rows = [row[:m - 1] + row[-1:] if cut else row for row, cut in zip(ids, truncated, strict=True)]
+    return rows, truncated
+
+
+def pack_rows(rows: Sequence[list[int]], truncated: Sequence[bool], pad: int) -> Encoded:
+    """Right-pad token rows into (B, T) ids and mask, on the CPU."""
+    lengths = [len(row) for row in rows]
     t = max(lengths)
-    pad = tokenizer.pad_token_id or 0
-    input_ids = torch.full((len(ids), t), pad, dtype=torch.long)  # (B, T)
-    mask = torch.zeros((len(ids), t), dtype=torch.long)  # (B, T)
-    for i, row in enumerate(ids):
-        input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+    ids = np.full((len(rows), t), pad, dtype=np.int64)  # (B, T)
+    mask = np.zeros((len(rows), t), dtype=np.int64)  # (B, T)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = row
         mask[i, :len(row)] = 1
-    return Encoded(input_ids, mask, lengths, truncated)
+    return Encoded(torch.from_numpy(ids), torch.from_numpy(mask), lengths, list(truncated))
 
 
 _POOLED = {"bert", "roberta", "xlm-roberta", "camembert"}  # have add_pooling_layer

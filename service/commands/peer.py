@@ -16,7 +16,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8001, help="port (default 8001)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: torch's; onnx 1)")
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
+                   help="torch: one request at a time, eager (default); onnx: ONNX Runtime, "
+                        "one whole-model graph, dynamic batching (the strongest plain peer)")
+    p.add_argument("--max-batch", type=int, default=16, help="onnx: texts per batch")
+    p.add_argument("--max-delay-ms", type=float, default=2.0, help="onnx: batching window")
     return p
 
 
@@ -34,6 +39,13 @@ def run(args: argparse.Namespace) -> int:
 
     load_text_artifact(args.artifact, device=args.device)  # fail fast, with a one-line reason
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    uvicorn.run(create_peer_app(args.artifact, args.device, args.threads), host=args.host,
-                port=args.port, access_log=False, log_level="warning")
+    if args.runtime == "onnx":
+        from service.peer_onnx import create_onnx_peer_app, ensure_whole_graph
+
+        ensure_whole_graph(args.artifact)
+        app = create_onnx_peer_app(args.artifact, args.threads or 1, args.max_batch,
+                                   args.max_delay_ms)
+    else:
+        app = create_peer_app(args.artifact, args.device, args.threads)
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
     return 0

@@ -26,6 +26,7 @@ from service.engine.config import EngineConfig
 from service.engine.handles import PolicyKey, RequestHandle, now
 from service.engine.scheduler import Scheduler
 from service.engine.served import ServedModel, seed_step_cost
+from service.engine.tokenize import TokenBatcher
 from service.protocol import (
     BadRequest,
     CaptionEvent,
@@ -61,6 +62,7 @@ class InProcessEngine:
         self._warmed = threading.Event()
         self.captions: CaptionRunner | None = None  # worker for captioner models, when loaded
         self._caption_thread: threading.Thread | None = None
+        self._tokenizers: dict[str, TokenBatcher] = {}  # per text model, event loop only
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -234,7 +236,7 @@ class InProcessEngine:
         arrival = now()
         self.scheduler.reserve(len(req.texts))  # Overloaded before any work is done
         try:
-            enc = await asyncio.to_thread(served.text_model.encode, req.texts)
+            enc = await self._token_batcher(served).encode(list(req.texts))
         except BaseException:
             self.scheduler.release(len(req.texts))
             raise
@@ -264,6 +266,12 @@ class InProcessEngine:
         except asyncio.CancelledError:
             handle.cancel()  # the client went away: its rows leave at the next step
             raise
+
+    def _token_batcher(self, served: ServedModel) -> TokenBatcher:
+        batcher = self._tokenizers.get(served.name)
+        if batcher is None:
+            batcher = self._tokenizers[served.name] = TokenBatcher(served.text_model)
+        return batcher
 
     async def caption(self, req: CaptionRequest) -> list[CaptionResult]:
         results: list[CaptionResult | None] = [None] * len(req.images)

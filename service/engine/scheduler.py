@@ -97,9 +97,9 @@ class Scheduler:
 
     def submit(self, h: RequestHandle) -> None:
         """Queue a request whose rows were reserved (the reservation passes to the queue)."""
-        with self.cond:
+        with self.cond:  # accepted when its rows were reserved, even if closing since
             self.reserved_rows -= h.size
-            if self.closed:
+            if self.stopped or self.abort:
                 raise NotReady("server is shutting down; not accepting new requests")
             self.pending.append(h)
             self.pending_rows += h.size
@@ -118,8 +118,9 @@ class Scheduler:
         return sum(len(c) for c in self.cohorts)
 
     def idle(self) -> bool:
+        """Nothing queued, in flight, or being tokenised (reserved rows: accepted requests)."""
         with self.cond:
-            return not self.pending and not self.cohorts
+            return not self.pending and not self.cohorts and self.reserved_rows <= 0
 
     # ---- the worker loop -----------------------------------------------------------------------
     def run_forever(self) -> None:

@@ -86,3 +86,17 @@ def test_metrics_pass_promtool(server: Server) -> None:
     res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_onnx_backend_serves_over_http(tiny_artifact: Path, tmp_path: Path) -> None:
+    """A real uvicorn on the ONNX Runtime backend: answers, and says which backend serves."""
+    s = start_server([tiny_artifact], tmp_path / "log", None, "--backend", "onnx")
+    try:
+        r = httpx.post(f"{s.url}/v1/classify", json={"inputs": TEXTS[:4], "policy": "beem"},
+                       timeout=30)
+        assert r.status_code == 200, r.text
+        assert all(1 <= x["exit_layer"] <= 3 for x in r.json()["results"])
+        info = httpx.get(f"{s.url}/v1/models/tiny-text", timeout=10).json()
+        assert info["details"]["backend"] == "onnx"
+    finally:
+        assert s.stop() == 0
