@@ -40,6 +40,7 @@ from policies.sweep import (
     fastest_within,
     operating_point,
     result_for,
+    settle,
     slowest_reaching,
     sweep_global,
 )
@@ -213,9 +214,10 @@ def fit_global(logits: torch.Tensor, labels: torch.Tensor, costs: ExitCosts,
         best = fastest_within(points, cfg.tolerance)
         assert best is not None  # alpha = None (full depth) has zero loss
     k = logits.shape[1]
-    thresholds: list[float | None] = [best.value] * (k - 1) + [None]
+    alpha = settle(best.value, tr.scores[:, :-1])  # same decisions, away from fitted rows
+    thresholds: list[float | None] = [alpha] * (k - 1) + [None]
     return BeemFit(weighting, weights, cfg.reset, thresholds, "global", best.point,
-                   alpha=None if best.value is None else float(best.value))
+                   alpha=None if alpha is None else float(alpha))
 
 
 def exit_accuracies(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:

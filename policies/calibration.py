@@ -52,6 +52,7 @@ from policies.sweep import (
     candidate_thresholds,
     fastest_within,
     operating_points,
+    settle,
     sweep_global,
 )
 from policies.sweep import operating_point as summarise
@@ -133,7 +134,8 @@ def _threshold_policy(name: str, policy: ExitPolicy, data: Split,
     values: list[float | None] = [*candidate_thresholds(tr.scores[:, :-1]), None]
     best = _pick(sweep_global(tr.scores, tr.predictions, data.labels, data.costs, values,
                               cfg.confidence), cfg)
-    params = {"threshold": best.value} if best.value is not None else \
+    value = settle(best.value, tr.scores[:, :-1])
+    params = {"threshold": value} if value is not None else \
         {"thresholds": [None] * data.num_exits}
     return PolicyCalibration(name, params, best.point,
                              _guard_fit(cfg, "global threshold sweep", candidates=len(values)))

@@ -102,6 +102,19 @@ def candidate_thresholds(scores: torch.Tensor, limit: int = MAX_CANDIDATES) -> l
     return [float(v) for v in vals]
 
 
+def settle(value: float | None, scores: torch.Tensor) -> float | None:
+    """Move a threshold chosen among observed scores halfway down to the next lower one.
+
+    Same decisions on the rows it was fitted on (rule: fire when s >= tau), but no fitted row
+    sits within rounding of it, so a backend whose logits differ by 1e-6 (ONNX Runtime vs
+    torch) takes the same exits there.
+    """
+    if value is None:
+        return None
+    lower = scores[torch.isfinite(scores) & (scores < value)]
+    return value if lower.numel() == 0 else (value + float(lower.max())) / 2
+
+
 @dataclass(frozen=True)
 class SweepPoint:
     value: float | None  # the swept parameter (None = never exits early)

@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+
+# OpenMP threads that spin-wait steal the other core from the event loop and from ONNX Runtime
+# (a batch-1 torch forward took 544 ms instead of 21 ms beside another busy process, see
+# docs/BENCHMARKS.md); set before torch is imported. An explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 COMMANDS = ["train", "calibrate", "evaluate", "export", "serve", "bench", "peer"]
 
