@@ -26,6 +26,7 @@ from fastapi.responses import StreamingResponse
 from PIL import Image
 
 from service.errors import CODES
+from service.progressive import require_model
 from service.protocol import (
     BadRequest,
     CaptionEvent,
@@ -33,7 +34,6 @@ from service.protocol import (
     CaptionResult,
     EngineClient,
     EngineError,
-    NotReady,
 )
 from service.routes_v1 import ERRORS, engine_of
 from service.schemas import CaptionBody, CaptionResponse, CaptionResultOut, CaptionTiming
@@ -102,8 +102,7 @@ async def caption(body: CaptionBody, request: Request) -> CaptionResponse | Stre
     t0 = time.perf_counter()
     settings: Settings = request.app.state.settings
     engine = engine_of(request)
-    if not engine.ready():
-        raise NotReady("models are not loaded yet")
+    require_model(engine, body.model, "captioner")
     if body.max_tokens is not None and body.max_tokens > settings.max_caption_tokens:
         raise BadRequest(f"max_tokens: {body.max_tokens} is over the limit of "
                          f"{settings.max_caption_tokens} (max_caption_tokens)", "max_tokens")
