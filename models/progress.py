@@ -45,6 +45,7 @@ class _Reporter:
         self.lock = threading.Lock()
         self.stage = ""
         self.started = time.monotonic()
+        self.first_step = 0  # steps already done when the stage was first seen
         self.last_write = 0.0
 
     def configure(self, path: str | Path | None) -> None:
@@ -60,20 +61,21 @@ class _Reporter:
             t = time.monotonic()
             fresh = stage != self.stage
             if fresh:
-                self.stage, self.started = stage, t
+                self.stage, self.started, self.first_step = stage, t, n or 0
             elif t - self.last_write < MIN_INTERVAL_S and not (n is not None and n == total):
                 return
             elapsed = t - self.started
-            eta = _eta(elapsed, n, total, limit_s)
+            eta = _eta(elapsed, None if n is None else n - self.first_step, total, n, limit_s)
             _write(self.path, Progress(stage, n, total, eta, round(elapsed, 1), time.time()))
             self.last_write = t
 
 
-def _eta(elapsed: float, n: int | None, total: int | None, limit_s: float | None) -> float | None:
-    """Seconds left at the stage's average pace so far, capped by its time limit."""
+def _eta(elapsed: float, timed: int | None, total: int | None, n: int | None,
+         limit_s: float | None) -> float | None:
+    """Seconds left at the pace of the `timed` steps seen so far, capped by the time limit."""
     eta = None
-    if n and total:
-        eta = elapsed / n * max(0, total - n)
+    if timed and total and n is not None:
+        eta = elapsed / timed * max(0, total - n)
     if limit_s is not None:
         left = max(0.0, limit_s - elapsed)
         eta = left if eta is None else min(eta, left)

@@ -114,12 +114,18 @@ async function classify(event) {
   const error = $("error");
   error.hidden = true;
   if (!texts.length) { showError("Type at least one sentence."); return; }
+  let params = {};
+  if ($("params").value.trim()) {
+    try { params = JSON.parse($("params").value); } catch (e) {
+      showError("params: not a JSON object (" + e.message + ")"); return;
+    }
+  }
   state.key = $("key").value || state.key;
   if (state.key) sessionStorage.setItem("eeserve-key", state.key);
   $("run").disabled = true;
   try {
     const body = { inputs: texts, policy: $("policy").value || undefined,
-                   model: $("model").value || undefined, return_trace: true };
+                   model: $("model").value || undefined, params, return_trace: true };
     const res = await api("v1/classify", body);
     if (res.status !== 200) { showError(res.data.error || "HTTP " + res.status); return; }
     renderResults(texts, res.data);
