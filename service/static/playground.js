@@ -51,8 +51,8 @@ function renderStatus(ready, models) {
     if (m.ready) {
       row.append(el("b", "", m.name), " serving");
     } else if (build) {
-      row.append(el("b", "", m.name), " " + (build.state === "failed" ? "" : "building: ") +
-                 build.line);
+      const verb = { building: "building: ", loading: "", queued: "", failed: "" }[build.state];
+      row.append(el("b", "", m.name), " " + (verb ?? "") + build.line);
       if (build.state === "failed") row.classList.add("failed");
       if (build.total) {
         const bar = el("div", "bar"), fill = el("i");
@@ -87,8 +87,11 @@ function fillModels() {
     sel.append(opt);
   }
   const firstReady = textModels().find((m) => m.ready);
+  const fallback = firstReady || textModels()[0];
   sel.value = textModels().some((m) => m.name === current && m.ready) ? current :
-    (firstReady ? firstReady.name : "");
+    (fallback ? fallback.name : "");
+  $("run").disabled = !firstReady;
+  $("run").title = firstReady ? "" : "waiting for a model to be built";
   fillPolicies();
 }
 
@@ -97,7 +100,7 @@ function fillPolicies() {
   const sel = $("policy");
   const current = sel.value;
   sel.replaceChildren();
-  if (!m) return;
+  if (!m || !m.ready) return;
   const names = [...new Set([m.default_policy, ...Object.keys(m.policies || {}), "none"])];
   for (const name of names) {
     const opt = el("option", "", name === m.default_policy ? name + " (default)" : name);

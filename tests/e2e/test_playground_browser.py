@@ -5,8 +5,12 @@ Skipped when no Chromium or Playwright is installed (`scripts/ci_tools.sh` insta
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.e2e.browser import browser_page, chromium_path
@@ -65,4 +69,52 @@ def test_api_docs_render_offline(server: Server) -> None:
         title = page.wait_for_selector(".swagger-ui .info .title", timeout=30_000)
         assert title is not None and "eeserve" in title.inner_text()
         page.wait_for_selector('.opblock-summary-path[data-path="/v1/classify"]')
+    assert offline.external == []
+
+
+@pytest.fixture()
+def building_server(tmp_path: Path) -> Iterator[str]:
+    """A real uvicorn serving nothing yet, with the tiny-text model to build in the background."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.building import BuildJob
+    from service.settings import Settings
+    from tests.e2e.server import free_port
+
+    job = BuildJob("tiny-text", "tiny-text", "text-classifier", tmp_path / "tiny-text",
+                   estimate_s=60.0, after_s={"training": 5.0})
+    app = create_app(Settings(models=[], device="cpu", log_json=False), builds=[job])
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    yield url
+    server.should_exit = True
+    thread.join(30)
+
+
+def test_the_page_shows_build_progress_then_serves_the_built_model(building_server: str,
+                                                                   tmp_path: Path) -> None:
+    url = building_server
+    with browser_page(url) as (page, offline):
+        page.goto(url + "/")
+        row = page.wait_for_selector("#status .build", timeout=30_000)
+        assert row is not None and row.inner_text().startswith("tiny-text")
+        assert page.locator("#run").is_disabled()  # nothing to classify with yet
+        page.wait_for_selector("#status.ready", timeout=240_000)
+        page.wait_for_function("document.querySelectorAll('#policy option').length > 1")
+        page.fill("#texts", "a great film")
+        page.select_option("#policy", "none")
+        page.click("#run")
+        page.wait_for_selector(".result .strip", timeout=30_000)
+        assert page.locator(".result .exit-layer").inner_text() == "exit 3 of 3"
     assert offline.external == []
