@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import sys
 import time
@@ -167,7 +166,6 @@ class Builder:
     async def _build(self, st: BuildState) -> None:
         job = st.job
         job.out.parent.mkdir(parents=True, exist_ok=True)
-        _remove(job.staging)
         job.progress_file.unlink(missing_ok=True)
         st.state, st.started = "building", time.monotonic()
         log.info("building a missing model while serving",
@@ -182,7 +180,6 @@ class Builder:
             rc = await self._follow(st, self._proc)
         self._proc = None
         if rc != 0:
-            _remove(job.staging)
             st.state, st.error = "failed", f"exit status {rc}: {_last_line(job.log_file)} " \
                                            f"(log: {job.log_file})"
             log.error("build failed", extra={"model": job.name, "error": st.error})
@@ -211,7 +208,7 @@ class Builder:
                 last_line, last_log = line, time.monotonic()
 
     async def stop(self) -> None:
-        """Cancel the builds: the running subprocess is terminated, its staging removed."""
+        """Cancel the builds: the running subprocess is terminated (it removes its staging)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -226,13 +223,7 @@ class Builder:
                 await proc.wait()
         for st in self.states:
             if st.state == "building":
-                _remove(st.job.staging)
                 st.job.progress_file.unlink(missing_ok=True)
-
-
-def _remove(path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _last_line(path: Path) -> str:

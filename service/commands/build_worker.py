@@ -3,7 +3,9 @@
     python -m service.commands.build_worker RECIPE OUT [--device D]
 
 Builds into a staging directory beside OUT (calibrating the text model's policies, as
-`build_default` does), then renames it to OUT, so OUT holds a whole artifact or nothing. Progress
+`build_default` does), then renames it to OUT, so OUT holds a whole artifact or nothing; the
+staging directory is removed after a failure or SIGTERM, and one build of OUT runs at a time
+(a lock file beside it). Progress
 goes to the file named by `EESERVE_PROGRESS_FILE` (models/progress.py). Runs at a lower CPU
 priority than the server (nice 10) and exits when the server that started it is gone.
 Recipes: text-default, caption-default, and tiny-text (seconds; what the tests build).
@@ -12,11 +14,15 @@ Recipes: text-default, caption-default, and tiny-text (seconds; what the tests b
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from service.building import staging_dir
@@ -66,6 +72,21 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """One build of `out` at a time across processes (two servers started on one checkout)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            from models import progress
+
+            progress.stage("waiting for another build of this model")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="build_worker")
     p.add_argument("recipe")
@@ -73,17 +94,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     _exit_with_parent(os.getppid())
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # run `finally`
     try:
         os.nice(NICE)  # the server answers first; the build takes the idle CPU
     except OSError:
         pass
-    staging = staging_dir(args.out)
-    if staging.exists():
-        shutil.rmtree(staging)
-    build_into(args.recipe, staging, args.device)
-    publish(staging, args.out)
-    print(f"[eeserve] built {args.out}", flush=True)
+    run(args.recipe, args.out, args.device)
     return 0
+
+
+def run(recipe: str, out: Path, device: str) -> bool:
+    """Build `recipe` into `out` unless it is there; True when this call built it."""
+    staging = staging_dir(out)
+    with _exclusive(out):
+        if (out / "manifest.json").exists():
+            print(f"[eeserve] {out} is already built", flush=True)
+            return False
+        shutil.rmtree(staging, ignore_errors=True)  # left by a build that was killed
+        try:
+            build_into(recipe, staging, device)
+            publish(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # after a failure or SIGTERM
+    print(f"[eeserve] built {out}", flush=True)
+    return True
 
 
 if __name__ == "__main__":

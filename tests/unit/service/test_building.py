@@ -97,3 +97,17 @@ def test_serve_builds_only_the_missing_default_models(tmp_path: Path,
     (text / "manifest.json").write_text("{}")
     ready, jobs = serve.default_models()
     assert ready == [str(text)] and [j.out for j in jobs] == [cap]
+
+
+def test_the_worker_skips_a_built_model_and_cleans_up_after_a_failure(tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")
+    assert build_worker.run("tiny-text", out, "cpu") is False  # nothing rebuilt
+    other = tmp_path / "n"
+    stale = build_worker.staging_dir(other)
+    stale.mkdir()
+    (stale / "half-written").write_text("x")
+    with pytest.raises(SystemExit, match="unknown recipe"):
+        build_worker.run("no-such-recipe", other, "cpu")
+    assert not stale.exists() and not other.exists()
