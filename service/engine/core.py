@@ -97,14 +97,15 @@ class InProcessEngine:
         self._ready = bool(self.served) and not self.failed
 
     def _load_and_warm(self, path: str, device: str) -> ServedModel | str:
-        with torch.inference_mode():
-            got = self._load_one(path, device)
-            if not isinstance(got, str) and got.loaded.kind != "captioner":
-                try:
+        torch.set_grad_enabled(False)  # as in _load_all (per thread)
+        got = self._load_one(path, device)
+        if not isinstance(got, str) and got.loaded.kind != "captioner":
+            try:
+                with torch.inference_mode():
                     self._warm_up(got)
-                except Exception as e:  # noqa: BLE001 -- a failed warm-up only costs speed
-                    log.warning("warm-up failed", extra={"error": f"{type(e).__name__}: {e}"})
-            return got
+            except Exception as e:  # noqa: BLE001 -- a failed warm-up only costs speed
+                log.warning("warm-up failed", extra={"error": f"{type(e).__name__}: {e}"})
+        return got
 
     def _load_all(self) -> None:
         if self.cfg.torch_threads:
