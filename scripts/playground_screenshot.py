@@ -1,6 +1,6 @@
 """Screenshots of the playground page in headless Chromium against a live `eeserve serve`.
 
-    # the page after classifying a few sentences (any text artifact):
+    # the page after classifying a few sentences (any text artifact; docs/ used text-default):
     .venv/bin/python scripts/playground_screenshot.py --model artifacts/text-default \
         --out docs/figures/playground.png
     # the page during a first start (default models missing; stopped once training shows):

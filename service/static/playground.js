@@ -162,7 +162,7 @@ function renderResults(texts, data) {
     const meta = el("div", "meta");
     meta.append(el("span", "label", r.label));
     const exitText = el("span", "exit-layer", `exit ${r.exit_layer} of ${r.num_layers}`);
-    meta.append(exitText, el("span", "", `confidence ${(100 * r.confidence).toFixed(1)} %`));
+    meta.append(exitText, el("span", "conf", `confidence ${(100 * r.confidence).toFixed(1)} %`));
     const strip = el("div", "strip");
     strip.setAttribute("aria-label", "confidence per layer");
     const trace = new Map((r.trace || []).map((t) => [t.layer, t]));
