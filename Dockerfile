@@ -57,14 +57,15 @@ ENV PATH=/opt/venv/bin:$PATH \
     EESERVE_PORT=8000 \
     EESERVE_DEVICE=${EESERVE_DEVICE} \
     EESERVE_DEFAULT_MODEL_DIR=/models/text-default \
+    EESERVE_CAPTION_MODEL_DIR=/models/caption-default \
     EESERVE_DATA_DIR=/models/.eeserve \
     HF_HUB_OFFLINE=1
 USER 10001:10001
 VOLUME ["/models"]
 EXPOSE 8000
-# liveness only (/healthz); /readyz is the readiness probe for orchestrators. The long start
-# period covers the first start, which may build the default model.
-HEALTHCHECK --interval=30s --timeout=5s --start-period=1800s --retries=3 \
+# liveness only (/healthz); /readyz is the readiness probe for orchestrators. The server answers
+# at once, also on a first start that builds the default models in the background.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('EESERVE_PORT', '8000'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4).status == 200 else 1)"]
 ENTRYPOINT ["eeserve"]
 CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]

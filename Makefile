@@ -14,11 +14,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## run: install if needed, build the default models if missing, serve them on 127.0.0.1:8000
+## run: install if needed, serve on 127.0.0.1:8000 at once; missing default models build meanwhile
 run: $(STAMP)
 	$(BIN)/eeserve serve
 
-## tools: promtool, hadolint, compose binary for the ops checks (best effort off CI)
+## tools: promtool, hadolint, compose binary, chromium for the ops and page checks (best effort)
 tools: $(STAMP)
 	-scripts/ci_tools.sh
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from models import progress as build_progress
 from models.caption_data import CaptionSplit
 from models.captioner import MultiExitCaptioner
 from models.image_encoder import preprocess
@@ -174,6 +175,7 @@ def _stage(model: MultiExitCaptioner, tg: Targets, feats: torch.Tensor | None,
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             run, count, step = run + float(loss.detach()), count + 1, step + 1
+            build_progress.step(f"training stage {stage}", step, total, limit_s=seconds)
         if count:
             history.append({"stage": stage, "epoch": epoch + 1, "loss": round(run / count, 4),
                             "seconds": round(time.perf_counter() - start, 1)})

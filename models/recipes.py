@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
+from models import progress as build_progress
 from models.artifact import ExitLogits, save_exit_logits, write_manifest
 from models.backbones import MINILM_L6, fetch_backbone
 from models.data import TextDataset, load_movie_reviews, load_user_file, sha256_file, tiny_sentiment
@@ -50,6 +51,7 @@ def recipe(name: str) -> Callable[[Recipe], Recipe]:
 
 
 def _log(opts: BuildOptions, msg: str) -> None:
+    build_progress.stage(msg)
     if opts.progress:
         print(f"[eeserve] {msg}", flush=True)
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from models import progress as build_progress
 from models.data import TextDataset, TextSplit
 from models.text_classifier import MultiExitTextClassifier
 
@@ -140,6 +141,7 @@ def train(model: MultiExitTextClassifier, data: TextDataset, cfg: TrainConfig,
             sched.step()
             step += 1
             bar.update(1)
+            build_progress.step("training", step, total)
             bar.set_postfix(loss=f"{loss.item():.3f}", best=f"{max(best, 0):.3f}")
             if step % eval_every == 0 or step == total:
                 accs = exit_accuracy(exit_logits(model, data.val, cfg.max_length), data.val.labels)

@@ -11,15 +11,18 @@ import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
-from service import __version__, errors, routes_caption, routes_v1, routes_v2
-from service.auth import OPEN_PATHS, ApiKeyMiddleware
+from service import __version__, errors, routes_caption, routes_v1, routes_v2, ui
+from service.auth import DOCS_ASSETS, OPEN_PATHS, OPEN_PREFIXES, ApiKeyMiddleware
+from service.building import BuildJob
 from service.limits import BodyLimitMiddleware
 from service.metrics import PrometheusStatLogger
 from service.middleware import RequestContextMiddleware
+from service.progressive import GrowingEngine, ProgressiveEngine
 from service.protocol import EngineClient
 from service.schemas import apply_limits
 from service.settings import Settings
@@ -36,14 +39,19 @@ def build_engine(settings: Settings, sink: PrometheusStatLogger) -> EngineClient
 
 
 def create_app(settings: Settings | None = None, engine: EngineClient | None = None,
-               sink: PrometheusStatLogger | None = None) -> FastAPI:
-    """Build the app. `engine` replaces the in-process engine (tests pass a fake one)."""
+               sink: PrometheusStatLogger | None = None,
+               builds: list[BuildJob] | None = None) -> FastAPI:
+    """Build the app. `engine` replaces the in-process engine (tests pass a fake one).
+    `builds`: models to build while serving (each served when built; see service/building.py)."""
     settings = settings or Settings()
     sink = sink or PrometheusStatLogger()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         eng = engine if engine is not None else build_engine(settings, sink)
+        if builds:
+            eng = ProgressiveEngine(cast(GrowingEngine, eng), builds, device=settings.device,
+                                    on_added=sink.register_models)
         app.state.engine = eng
         await eng.start()
         sink.register_models(eng.models())
@@ -55,10 +63,12 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
             await eng.shutdown(settings.shutdown_grace_s)
             log.info("engine stopped")
 
-    app = FastAPI(title="eeserve", version=__version__, lifespan=lifespan,
-                  description="Inference serving with adaptive per-sample early exit "
-                              "(BEEM, EENet and baselines). REST v1 and Open Inference "
-                              "Protocol v2.")
+    # FastAPIOffline: /docs and /redoc load their scripts from the package, not from a CDN
+    app = FastAPIOffline(title="eeserve", version=__version__, lifespan=lifespan,
+                         static_url=DOCS_ASSETS,
+                         description="Inference serving with adaptive per-sample early exit "
+                                     "(BEEM, EENet and baselines). REST v1 and Open Inference "
+                                     "Protocol v2. A playground page is at `/`.")
     app.state.settings = settings
     app.state.sink = sink
     app.state.engine = engine
@@ -66,6 +76,7 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
     app.include_router(routes_v1.router)
     app.include_router(routes_v2.router)
     app.include_router(routes_caption.router)
+    ui.install(app)
     _middleware(app, settings, sink)
     _openapi_with_limits(app, settings)
     return app
@@ -82,7 +93,9 @@ def _middleware(app: FastAPI, settings: Settings, sink: PrometheusStatLogger) ->
     app.add_middleware(LoadShedMiddleware, queue_limit=settings.queue_limit)
     key = settings.api_key.get_secret_value() if settings.api_key else None
     open_paths = OPEN_PATHS if settings.open_health_and_metrics else frozenset()
-    app.add_middleware(ApiKeyMiddleware, api_key=key, open_paths=open_paths)
+    prefixes = OPEN_PREFIXES if settings.open_health_and_metrics else ()
+    app.add_middleware(ApiKeyMiddleware, api_key=key, open_paths=open_paths,
+                       open_prefixes=prefixes)
     app.add_middleware(RequestContextMiddleware, sink=sink)
 
 

@@ -12,20 +12,25 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import send_error
 
+DOCS_ASSETS = "/static-offline-docs"  # Swagger UI / ReDoc files shipped by fastapi-offline
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready",
-                        "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+                        "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/"})
+OPEN_PREFIXES = (f"{DOCS_ASSETS}/", "/static/")  # the docs' and the playground's files
 
 
 class ApiKeyMiddleware:
     """401 unless `Authorization: Bearer <key>` matches (constant-time compare)."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None, open_paths: frozenset[str]):
+    def __init__(self, app: ASGIApp, api_key: str | None, open_paths: frozenset[str],
+                 open_prefixes: tuple[str, ...] = ()):
         self.app = app
         self.key = api_key.encode() if api_key else None
         self.open_paths = open_paths
+        self.open_prefixes = open_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.key is None or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or self.key is None or scope["path"] in self.open_paths \
+                or scope["path"].startswith(self.open_prefixes):
             await self.app(scope, receive, send)
             return
         auth = dict(scope.get("headers") or []).get(b"authorization", b"")

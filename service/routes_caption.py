@@ -26,13 +26,13 @@ from fastapi.responses import StreamingResponse
 from PIL import Image
 
 from service.errors import CODES
+from service.progressive import require_model
 from service.protocol import (
     BadRequest,
     CaptionEvent,
     CaptionRequest,
     CaptionResult,
     EngineError,
-    NotReady,
     ResolvedNames,
 )
 from service.route_helpers import ERRORS, engine_of, label_request, settings_of
@@ -94,8 +94,7 @@ async def caption(body: CaptionBody, request: Request) -> CaptionResponse | Stre
     t0 = time.perf_counter()
     settings = settings_of(request)
     engine = engine_of(request)
-    if not engine.ready():
-        raise NotReady("models are not loaded yet")
+    require_model(engine, body.model, "captioner")
     if body.max_tokens is not None and body.max_tokens > settings.max_caption_tokens:
         raise BadRequest(f"max_tokens: {body.max_tokens} is over the limit of "
                          f"{settings.max_caption_tokens} (max_caption_tokens)", "max_tokens")

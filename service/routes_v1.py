@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.metrics import CONTENT_TYPE
-from service.protocol import ClassifyRequest, NotReady, UnknownModel
+from service.progressive import build_line, building, require_model
+from service.protocol import ClassifyRequest, ModelInfo, UnknownModel
 from service.route_helpers import (
     ERRORS,
     check_texts,
@@ -43,10 +45,20 @@ async def healthz() -> HealthOut:
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: 200 once every configured model is loaded, else 503 with the reasons."""
     engine = engine_of(request)
-    models = [ModelReadiness(name=m.name, ready=m.ready, error=m.error) for m in engine.models()]
+    infos = engine.models()
+    models = [ModelReadiness(name=m.name, ready=m.ready, error=m.error, **_build_of(m))
+              for m in infos]
     ready = engine.ready()
-    body = ReadyOut(status="ready" if ready else "not_ready", models=models)
+    detail = None if ready else "; ".join(
+        build_line(m) if building(m) else f"{m.name}: {m.error or 'not loaded'}"
+        for m in infos if not m.ready) or "models are not loaded yet"
+    body = ReadyOut(status="ready" if ready else "not_ready", models=models, detail=detail)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+def _build_of(m: ModelInfo) -> dict[str, Any]:
+    build = m.details.get("build") if building(m) else None
+    return {"progress": build["line"], "eta_s": build["eta_s"]} if build else {}
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["models"])
@@ -72,8 +84,7 @@ async def classify(body: ClassifyBody, request: Request) -> Response:
     t0 = time.perf_counter()
     settings = settings_of(request)
     engine = engine_of(request)
-    if not engine.ready():
-        raise NotReady("models are not loaded yet")
+    require_model(engine, body.model, "text-classifier")
     texts = check_texts(body.inputs, settings)
     asked = body.policy or settings.default_policy
     names = engine.resolve("text-classifier", body.model, asked)

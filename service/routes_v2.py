@@ -27,12 +27,12 @@ from service.oip import (
     shape_size,
     split_body,
 )
+from service.progressive import require_model
 from service.protocol import (
     BadRequest,
     ClassifyRequest,
     ClassifyResult,
     ModelInfo,
-    NotReady,
     UnknownModel,
 )
 from service.route_helpers import (
@@ -121,8 +121,7 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
     """Classify a BYTES tensor of texts (JSON or binary tensors; see the module docstring)."""
     t0 = time.perf_counter()
     engine = engine_of(request)
-    if not engine.ready():
-        raise NotReady("models are not loaded yet")
+    require_model(engine, name, "text-classifier")
     info = _model(request, name)
     raw = split_body(await request.body(), request.headers.get(HEADER))
     body = _validate(raw.header)

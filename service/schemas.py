@@ -40,11 +40,15 @@ class ModelReadiness(BaseModel):
     name: str
     ready: bool
     error: str | None = None
+    progress: str | None = Field(None, description="while the model is being built: its stage "
+                                 "and time left, e.g. `training step 310/1060, ~12 min left`")
+    eta_s: float | None = Field(None, description="estimated seconds until it serves")
 
 
 class ReadyOut(BaseModel):
     status: Literal["ready", "not_ready"]
     models: list[ModelReadiness] = []
+    detail: str | None = Field(None, description="what is still missing, in one line")
 
 
 # ---- classification ----------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """`eeserve serve [DIR ...] [--host --port --device ...]`: serve artifacts with uvicorn.
 
 With no directory (and no `EESERVE_MODELS`), serves the default text model and the demo
-captioner, building each first when it is missing. Flags win over `EESERVE_*` environment
-variables.
+captioner. The server answers at once: a missing one is built in a subprocess while it runs
+(text model first), /readyz says 503 with the build's stage and time left, and each model serves
+as soon as it is built (service/building.py). Flags win over `EESERVE_*` environment variables.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from service.building import BuildJob
 from service.cli import CliError
+
+# measured whole builds on the 2-vCPU reference machine (docs/BENCHMARKS.md): the first guess
+# shown before a build's own training pace is known
+TEXT_BUILD_S = 1_600  # download + 1,060 training steps (~24 min) + logits, profile, calibration
+CAPTION_BUILD_S = 720  # features + stage 1 (<= 480 s) + stage 2 (<= 150 s) + logits, calibration
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -61,6 +68,19 @@ def settings_from(args: argparse.Namespace) -> Any:
         raise CliError(f"--{field.replace('_', '-')}: {err['msg']}") from None
 
 
+def default_models() -> tuple[list[str], list[BuildJob]]:
+    """The default text model and demo captioner: the directories already built, and build jobs
+    for the missing ones (text model first)."""
+    from service.commands.train import DEFAULT_CAPTION_DIR, DEFAULT_MODEL_DIR
+
+    jobs = [BuildJob("text-default", "text-default", "text-classifier", DEFAULT_MODEL_DIR,
+                     TEXT_BUILD_S, {"training": 90.0}),
+            BuildJob("caption-default", "caption-default", "captioner", DEFAULT_CAPTION_DIR,
+                     CAPTION_BUILD_S, {"training stage 1": 210.0, "training stage 2": 60.0})]
+    built = [j for j in jobs if (j.out / "manifest.json").exists()]
+    return [str(j.out) for j in built], [j for j in jobs if j not in built]
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -68,16 +88,18 @@ def run(args: argparse.Namespace) -> int:
     from service.logging_setup import logging_config
 
     settings = settings_from(args)
+    builds: list[BuildJob] = []
     if not settings.models:
-        from service.commands.train import build_default, build_default_captioner
-
-        settings.models = [str(build_default(device=settings.device)),
-                           str(build_default_captioner(device=settings.device))]
+        settings.models, builds = default_models()
+        for job in builds:
+            print(f"[eeserve] {job.name} missing at {job.out}: building it while the server "
+                  f"runs (progress at /readyz and on the page at /; log in {job.log_file})",
+                  flush=True)
     for m in settings.models:
         if not Path(m).is_dir():
             raise CliError(f"{m}: no such artifact directory")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+    uvicorn.run(create_app(settings, builds=builds), host=settings.host, port=settings.port,
                 log_config=logging_config(settings.log_json, settings.log_level),
                 timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
                 access_log=False, timeout_keep_alive=75)  # > clients' pool expiry (httpx 5 s)

@@ -72,42 +72,82 @@ class InProcessEngine:
         self._thread.start()
         await asyncio.to_thread(self._warmed.wait)  # text models warm up on the worker thread
         if any(m.loaded.kind == "captioner" for m in self.served.values()):
-            self.captions = CaptionRunner(self.cfg.max_batch_size, self.cfg.queue_limit,
-                                          self.sink)
-            self._caption_thread = threading.Thread(target=self._caption_worker,
-                                                    name="eeserve-captions", daemon=True)
-            self._caption_thread.start()
+            self._start_captions()
         self.sink.set_loaded_models(len(self.served))
         self._ready = bool(self.served) and not self.failed
+
+    def _start_captions(self) -> None:
+        self.captions = CaptionRunner(self.cfg.max_batch_size, self.cfg.queue_limit, self.sink)
+        self._caption_thread = threading.Thread(target=self._caption_worker,
+                                                name="eeserve-captions", daemon=True)
+        self._caption_thread.start()
+
+    async def add_model(self, path: str) -> None:
+        """Load and serve one more artifact after start (a model built while serving).
+
+        Loading and warm-up run off the event loop (a text model warms up on that helper
+        thread, not the worker's, so its first requests of each length may run slower); the
+        model is registered on the event loop, where `served` is iterated, and the worker,
+        which only looks models up by name, sees it from its next round. A failure is
+        reported like one at start (in /readyz and /v1/models)."""
+        device = str(resolve_device(self.cfg.device))
+        got = await asyncio.to_thread(self._load_and_warm, path, device)
+        if isinstance(got, str):
+            self.failed[path] = got
+        else:
+            self.served[got.name] = got
+            if got.loaded.kind == "captioner" and self.captions is None:
+                self._start_captions()
+        self.sink.set_loaded_models(len(self.served))
+        self._ready = bool(self.served) and not self.failed
+
+    def _load_and_warm(self, path: str, device: str) -> ServedModel | str:
+        torch.set_grad_enabled(False)  # as in _load_all (per thread)
+        got = self._load_one(path, device)
+        if not isinstance(got, str) and got.loaded.kind != "captioner":
+            try:
+                with torch.inference_mode():
+                    self._warm_up(got)
+            except Exception as e:  # noqa: BLE001 -- a failed warm-up only costs speed
+                log.warning("warm-up failed", extra={"error": f"{type(e).__name__}: {e}"})
+        return got
 
     def _load_all(self) -> None:
         if self.cfg.torch_threads:
             torch.set_num_threads(self.cfg.torch_threads)
         torch.set_grad_enabled(False)
         device = str(resolve_device(self.cfg.device))
-        choice = BackendChoice(self.cfg.backend, self.cfg.precision, self.cfg.onnx_threads,
-                               self.cfg.onnx_spinning)
         for path in self.cfg.models:
-            t0 = time.perf_counter()
-            try:
-                loaded = load_artifact(path, device, self.cfg.dtype, choice)
-            except Exception as e:  # noqa: BLE001 -- reported in /readyz and /v1/models
-                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-                self.failed[path] = reason
-                log.error("model failed to load", extra={"path": path, "error": reason})
-                continue
-            if loaded.name in self.served:
-                self.failed[path] = f"duplicate model name {loaded.name!r}"
-                continue
-            default = self.cfg.default_policy or loaded.manifest.get("default_policy") or "none"
-            self.served[loaded.name] = ServedModel(loaded, default, device,
-                                                   seed_step_cost(loaded.manifest))
-            if loaded.kind == "captioner":
-                self._warm_up(self.served[loaded.name])
-            log.info("model loaded", extra={"model": loaded.name, "path": path,
-                                            "device": device, "exits": loaded.model.num_exits,
-                                            "backend": loaded.backend, "why": loaded.why,
-                                            "seconds": round(time.perf_counter() - t0, 3)})
+            got = self._load_one(path, device)
+            if isinstance(got, str):
+                self.failed[path] = got
+            else:
+                self.served[got.name] = got
+
+    def _load_one(self, path: str, device: str) -> ServedModel | str:
+        """The served model, or why it did not load (captioners are warmed up here)."""
+        t0 = time.perf_counter()
+        try:
+            loaded = load_artifact(path, device, self.cfg.dtype, self._backend())
+        except Exception as e:  # noqa: BLE001 -- reported in /readyz and /v1/models
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            log.error("model failed to load", extra={"path": path, "error": reason})
+            return reason
+        if loaded.name in self.served:
+            return f"duplicate model name {loaded.name!r}"
+        default = self.cfg.default_policy or loaded.manifest.get("default_policy") or "none"
+        served = ServedModel(loaded, default, device, seed_step_cost(loaded.manifest))
+        if loaded.kind == "captioner":
+            self._warm_up(served)
+        log.info("model loaded", extra={"model": loaded.name, "path": path,
+                                        "device": device, "exits": loaded.model.num_exits,
+                                        "backend": loaded.backend, "why": loaded.why,
+                                        "seconds": round(time.perf_counter() - t0, 3)})
+        return served
+
+    def _backend(self) -> BackendChoice:
+        return BackendChoice(self.cfg.backend, self.cfg.precision, self.cfg.onnx_threads,
+                             self.cfg.onnx_spinning)
 
     def _warm_up(self, served: ServedModel) -> None:
         """Run every sequence length once at batch 1.

@@ -26,6 +26,7 @@ def test_idempotent_and_fast_when_tools_present():
     have = (shutil.which("promtool") and (venv / "bin" / "hadolint").exists())
     try:
         import compose  # type: ignore[import-not-found]  # noqa: F401
+        import playwright.sync_api  # noqa: F401
     except ImportError:
         have = False
     if not have:
