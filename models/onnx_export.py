@@ -96,7 +96,9 @@ def export_onnx(root: str | Path, precision: str = "fp32", progress: bool = True
 
 
 def quantise_graphs(src: Path, dst: Path) -> list[str]:
-    """Dynamic int8 quantisation of every graph's MatMul weights (activations stay float)."""
+    """Dynamic int8 quantisation of every graph's MatMul weights, one scale per output channel
+    (activations stay float). Per-tensor scales changed 4.5 % of the default model's final
+    predictions (-1.42 points on test); per-channel 1.6 % (-0.09 points): docs/BENCHMARKS.md."""
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -106,7 +108,7 @@ def quantise_graphs(src: Path, dst: Path) -> list[str]:
     names = sorted(p.name for p in src.glob("*.onnx"))
     for name in names:
         quantize_dynamic(str(src / name), str(dst / name), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul"])
+                         op_types_to_quantize=["MatMul"], per_channel=True)
     return names
 
 

@@ -13,6 +13,7 @@ computes every exit's logits on the artifact's validation and test texts with th
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,14 @@ def calibrate_backend(root: str | Path, backend: str, precision: str,
     root = Path(root)
     manifest = read_manifest(root)
     file, splits = cache_backend_logits(root, backend, precision)
+    cfg = config or CalibrationConfig()
+    gap = reference_gap(root, splits["val"].logits)
+    if gap > 0:  # the promise is against the fp32 last exit: spend the gap from the tolerance
+        cfg = replace(cfg, tolerance=max(0.0, cfg.tolerance - gap))
     k = splits["val"].num_exits
     val = Split(splits["val"].logits.double(), splits["val"].labels.long(),
                 manifest_costs(manifest, k))
-    fits = calibrate(val, names, config)
+    fits = calibrate(val, names, cfg)
     key = calibration_key(backend, precision)
     old = ((manifest.get("calibrations") or {}).get(key) or {}).get("policies") or {}
     policies = {**old, **{name: fit.to_manifest() for name, fit in fits.items()}}
@@ -45,6 +50,7 @@ def calibrate_backend(root: str | Path, backend: str, precision: str,
         "backend": backend, "precision": precision, "logits_file": file,
         "exit_accuracy": {s: _accuracy(e.logits, e.labels) for s, e in splits.items()},
         "reference_test_accuracy": (manifest.get("exit_accuracy") or {}).get("test"),
+        "tolerance": cfg.tolerance, "reference_val_gap": gap,
         "policies": policies,
         "default_policy": DEFAULT_POLICY if DEFAULT_POLICY in policies else "none",
     }
@@ -53,6 +59,17 @@ def calibrate_backend(root: str | Path, backend: str, precision: str,
     manifest["calibrations"] = calibrations
     write_manifest(root, manifest)  # the new logits file gets its sha256
     return entry
+
+
+def reference_gap(root: Path, val_logits: torch.Tensor) -> float:
+    """How much less accurate this backend's last exit is than the reference (torch fp32)
+    last exit on the validation split (fraction; negative when it is better)."""
+    from models.artifact import load_exit_logits
+
+    ref = load_exit_logits(root, "val")
+    y = ref.labels.long()
+    ref_acc = float((ref.logits[:, -1].argmax(-1) == y).double().mean())
+    return ref_acc - float((val_logits[:, -1].argmax(-1) == y).double().mean())
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
