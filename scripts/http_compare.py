@@ -8,7 +8,8 @@ real test sentence per request (the artifact's eval_texts.jsonl, gold labels kno
 of the answers, and the server process's CPU use (cores busy, from /proc). Medians over rounds.
 
 Targets: `peer-onnx` (eeserve peer --runtime onnx: FastAPI + ONNX Runtime, whole graph, dynamic
-batching), `onnx:POLICY` / `torch:POLICY` (eeserve serve --backend ...), `infinity` (infinity-emb
+batching), `onnx:POLICY` / `torch:POLICY` (eeserve serve --backend ...), `onnx2:POLICY` (onnx
+with 2 intra-op threads), `int8:POLICY` (onnx int8), `infinity` (infinity-emb
 torch engine from a throwaway venv given by --infinity-venv, serving --hf-dir).
 
     OMP_WAIT_POLICY=PASSIVE python scripts/http_compare.py artifacts/text-default \
@@ -113,6 +114,10 @@ def servers_for(args: argparse.Namespace, logs: Path) -> dict[str, Server]:
     if "onnx" in wanted:
         out["onnx"] = start("onnx", [*ee, "serve", art, "--device", "cpu", "--backend", "onnx",
                                      *common], logs / "onnx.log")
+    if "onnx2" in wanted:  # two intra-op threads per layer call
+        out["onnx2"] = start("onnx2", [*ee, "serve", art, "--device", "cpu", "--backend",
+                                       "onnx", "--onnx-threads", "2", *common],
+                             logs / "onnx2.log")
     if "int8" in wanted:
         out["int8"] = start("int8", [*ee, "serve", art, "--device", "cpu", "--backend", "onnx",
                                      "--precision", "int8", *common], logs / "int8.log")

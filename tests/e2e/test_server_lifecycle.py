@@ -99,4 +99,4 @@ def test_onnx_backend_serves_over_http(tiny_artifact: Path, tmp_path: Path) -> N
         info = httpx.get(f"{s.url}/v1/models/tiny-text", timeout=10).json()
         assert info["details"]["backend"] == "onnx"
     finally:
-        assert s.stop() == 0
+        assert s.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the SIGTERM it handled
