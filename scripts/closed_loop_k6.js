@@ -1,6 +1,7 @@
 // Closed loop with k6: VUS clients, each posting one test sentence per request, back to back.
 // Driven by scripts/http_compare.py: URL, POLICY ('' = none sent), DURATION (s), VUS, TEXTS
-// (a JSON file of [text, gold label id] pairs), KIND ('eeserve' or 'infinity').
+// (a JSON file of [text, gold label id] pairs), KIND ('eeserve' or 'infinity'), LABELS (JSON
+// list of label names, to map infinity's label names to ids).
 import http from 'k6/http';
 import { Rate, Trend, Counter } from 'k6/metrics';
 
@@ -26,7 +27,9 @@ function label(r) {
   const j = r.json();
   if (__ENV.KIND === 'infinity') {  // [[{label, score}, ...]]: the best-scored label's id
     const best = j.data[0].reduce((a, b) => (b.score > a.score ? b : a));
-    return Number(String(best.label).replace(/^LABEL_/, ''));
+    const names = JSON.parse(__ENV.LABELS || '[]');
+    const i = names.indexOf(best.label);
+    return i >= 0 ? i : Number(String(best.label).replace(/^LABEL_/, ''));
   }
   return j.results[0].label_id;
 }

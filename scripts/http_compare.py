@@ -86,9 +86,10 @@ def start(name: str, cmd: list[str], log: Path, kind: str = "eeserve",
 
 
 def k6_run(server: Server, policy: str, texts: Path, duration: int, vus: int,
-           out: Path) -> dict[str, Any]:
+           out: Path, labels: list[str]) -> dict[str, Any]:
     env = {**os.environ, "URL": server.url, "POLICY": policy, "TEXTS": str(texts),
-           "DURATION": str(duration), "VUS": str(vus), "KIND": server.kind}
+           "DURATION": str(duration), "VUS": str(vus), "KIND": server.kind,
+           "LABELS": json.dumps(labels)}
     cpu0, t0 = server.cpu_seconds(), time.perf_counter()
     subprocess.run([K6, "run", "--quiet", "--summary-export", str(out),
                     str(ROOT / "scripts" / "closed_loop_k6.js")], env=env, check=True,
@@ -152,6 +153,7 @@ def main() -> int:
     from models.eval_texts import load_eval_texts
 
     texts, labels = load_eval_texts(args.artifact, {}).split("test")
+    label_names = json.loads((args.artifact / "manifest.json").read_text()).get("labels") or []
     tmp = Path(tempfile.mkdtemp(prefix="http-compare-"))
     rows = tmp / "texts.json"
     rows.write_text(json.dumps([[t, y] for t, y in zip(texts, labels, strict=True)]))
@@ -163,7 +165,7 @@ def main() -> int:
             for t in order:
                 name, _, policy = t.partition(":")
                 res = k6_run(servers[name], policy, rows, args.duration, args.vus,
-                             tmp / f"{t.replace(':', '_')}_{r}.json")
+                             tmp / f"{t.replace(':', '_')}_{r}.json", label_names)
                 runs[t].append(res)
                 print(f"round {r + 1} {t:14s} {res['req_s']:7.1f} req/s  p50 "
                       f"{res['p50_ms']:.1f}  p99 {res['p99_ms']:.1f} ms  acc "
