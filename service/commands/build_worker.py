@@ -47,6 +47,9 @@ def build_into(recipe: str, staging: Path, device: str) -> None:
         build(recipe, BuildOptions(out=staging, device="cpu", progress=False))
         progress.stage("calibrating the exit policies")
         calibrate_artifact(staging)
+        from service.commands.calibrate import recheck_onnx
+
+        recheck_onnx(staging)  # the exported graphs against the new calibration
     else:
         raise SystemExit(f"build_worker: unknown recipe {recipe!r}")
     progress.stage("built")
