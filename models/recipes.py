@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,15 @@ from models.loading import resolve_device, save_text_artifact
 from models.profiling import measure_latency
 from models.text_classifier import MultiExitTextClassifier, TextClassifierConfig
 from models.tiny import tiny_backbone_config, tiny_tokenizer
-from models.training import TrainConfig, config_dict, exit_accuracy, exit_logits, train
+from models.training import (
+    TrainConfig,
+    config_dict,
+    exit_accuracy,
+    exit_logits,
+    seeded,
+    train,
+    with_overrides,
+)
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,8 @@ class BuildOptions:
     progress: bool = True
     epochs: int | None = None  # override the recipe's epoch bound
     freeze_backbone: bool = False
+    seed: int | None = None  # override the recipe's training seed (head init, order, dropout)
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig fields by name
 
 
 Recipe = Callable[[BuildOptions], dict[str, Any]]
@@ -53,13 +63,24 @@ def _log(opts: BuildOptions, msg: str) -> None:
         print(f"[eeserve] {msg}", flush=True)
 
 
-def build_text(opts: BuildOptions, name: str, model: MultiExitTextClassifier, data: TextDataset,
-               cfg: TrainConfig, backbone: dict[str, Any]) -> dict[str, Any]:
-    """Train, cache all-exit logits for val/test, profile latency, write the artifact."""
+def train_config(opts: BuildOptions, cfg: TrainConfig) -> TrainConfig:
+    """The recipe's config with the build options applied, and the global generators seeded
+    with its seed: call it before building the model so fresh exit heads are reproducible."""
+    cfg = with_overrides(cfg, opts.overrides)
     if opts.epochs is not None:
         cfg = replace(cfg, epochs=opts.epochs)
     if opts.freeze_backbone:
         cfg = replace(cfg, freeze_backbone=True)
+    if opts.seed is not None:
+        cfg = replace(cfg, seed=opts.seed)
+    seeded(cfg.seed)
+    return cfg
+
+
+def build_text(opts: BuildOptions, name: str, model: MultiExitTextClassifier, data: TextDataset,
+               cfg: TrainConfig, backbone: dict[str, Any]) -> dict[str, Any]:
+    """Train (`cfg` from `train_config`), cache all-exit logits for val/test, profile latency,
+    write the artifact."""
     model = model.to(resolve_device(opts.device))
     _log(opts, f"training {name} on {model.device}: {len(data.train)} train / {len(data.val)} val"
                f" / {len(data.test)} test texts, {model.num_exits} exits")
@@ -114,7 +135,7 @@ def text_default(opts: BuildOptions) -> dict[str, Any]:
     data = _data(opts, load_movie_reviews)
     bdir = fetch_backbone(MINILM_L6)
     tok = AutoTokenizer.from_pretrained(str(bdir))
-    cfg = TrainConfig()
+    cfg = train_config(opts, TrainConfig())
     head = TextClassifierConfig(num_labels=len(data.label_names), max_length=cfg.max_length)
     model = MultiExitTextClassifier.from_backbone(str(bdir), tok, head)
     backbone = {"id": MINILM_L6.name, "package": MINILM_L6.spec,
@@ -127,13 +148,13 @@ def text_default(opts: BuildOptions) -> dict[str, Any]:
 def tiny_text(opts: BuildOptions) -> dict[str, Any]:
     """Random tiny BERT (3 layers, hidden 32) on generated sentences; seconds on a CPU."""
     data = _data(opts, tiny_sentiment)
-    torch.manual_seed(0)
     tok = tiny_tokenizer()
+    cfg = train_config(opts, TrainConfig(epochs=6, batch_size=32, lr=3e-3, head_lr=3e-3,
+                                         distill=0.0, patience=4, max_length=32, warmup=0.05,
+                                         seed=0))
     head = TextClassifierConfig(num_labels=len(data.label_names), max_length=32, dropout=0.0)
     model = MultiExitTextClassifier.from_config(
         tiny_backbone_config("bert", layers=3, vocab_size=len(tok)), tok, head)
-    cfg = TrainConfig(epochs=6, batch_size=32, lr=3e-3, head_lr=3e-3, distill=0.0, patience=4,
-                      max_length=32, warmup=0.05)
     backbone = {"id": "tiny-bert-random", "model_type": "bert", "sha256": None}
     return build_text(replace(opts, device="cpu" if opts.device == "auto" else opts.device),
                       "tiny-text", model, data, cfg, backbone)
