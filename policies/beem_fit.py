@@ -19,6 +19,13 @@ rows that left at earlier exits (one pooled bound, so less margin is spent per e
 the rows that leave early lose at most `tolerance` of themselves, hence of the whole split. The
 alternative is one global alpha ("vanilla", §6.2), chosen by a sweep for a target loss (guarded)
 or a target speed-up.
+
+method "normalised" (`fit_normalised`): per-exit thresholds alpha_k = alpha * W_k tied by one
+alpha, W_k = w_1 + ... + w_k the score of a full-length streak of certain exits. S_k >= alpha W_k
+reads "the streak's weighted confidence, counting disagreeing exits as 0, is at least alpha".
+One alpha is swept and guarded once, like max-prob's tau, instead of spending the guard per exit
+(per-exit fits) or comparing scores on the weights' scale (global alpha, which at exit 1 with
+w_1 = 1/6 either fires for every row or never).
 """
 
 from __future__ import annotations
@@ -215,6 +222,35 @@ def fit_global(logits: torch.Tensor, labels: torch.Tensor, costs: ExitCosts,
     k = logits.shape[1]
     thresholds: list[float | None] = [best.value] * (k - 1) + [None]
     return BeemFit(weighting, weights, cfg.reset, thresholds, "global", best.point,
+                   alpha=None if best.value is None else float(best.value))
+
+
+def streak_scale(weights: list[float]) -> list[float]:
+    """W_k = w_1 + ... + w_k: the largest S_k a row can have at exit k."""
+    out, total = [], 0.0
+    for w in weights:
+        total += w
+        out.append(total)
+    return out
+
+
+def fit_normalised(logits: torch.Tensor, labels: torch.Tensor, costs: ExitCosts,
+                   weights: list[float], weighting: str, cfg: BeemFitConfig) -> BeemFit:
+    """alpha_k = alpha * W_k with one alpha: the fastest whose guarded loss <= tolerance."""
+    _check(logits, labels, weights)
+    cfg.validate()
+    tr = beem_trace(logits, weights, cfg.reset)
+    scale = torch.tensor(streak_scale(weights), dtype=torch.float64).clamp_min(1e-12)  # (K,)
+    norm = tr.scores / scale  # (N, K) in [0, 1]
+    values: list[float | None] = [*candidate_thresholds(norm[:, :-1]), None]
+    points = sweep_global(norm, tr.predictions, labels, costs, values, cfg.confidence)
+    best = fastest_within(points, cfg.tolerance)
+    assert best is not None  # alpha = None (full depth) has zero loss
+    k = logits.shape[1]
+    thresholds: list[float | None] = [None] * k
+    if best.value is not None:
+        thresholds = [best.value * float(w) for w in scale[:-1]] + [None]
+    return BeemFit(weighting, weights, cfg.reset, thresholds, "normalised", best.point,
                    alpha=None if best.value is None else float(best.value))
 
 

@@ -35,13 +35,14 @@ from policies.beem_fit import (
     best_fit,
     exit_accuracies,
     fit_global,
+    fit_normalised,
     fit_per_exit,
 )
 from policies.costs import ExitCosts, manifest_costs
 from policies.eenet import EENetPolicy
 from policies.eenet_fit import EENetFit, EENetFitConfig, fit_eenet, fit_offset, hard_exits
 from policies.entropy import EntropyPolicy
-from policies.guard import check_confidence
+from policies.guard import DEFAULT_GUARD, check_confidence, check_guard, use_guard
 from policies.max_softmax import MaxProbPolicy
 from policies.patience import PatiencePolicy
 from policies.replay import replay, trace
@@ -63,6 +64,7 @@ DEFAULT_POLICY = "beem"
 class CalibrationConfig:
     tolerance: float = 0.005  # allowed validation accuracy loss vs the last exit (0.005 = 0.5 pt)
     confidence: float = 0.8  # one-sided confidence of the guard on that loss
+    guard: str = DEFAULT_GUARD  # "score" (joint Tango bound) or "exact" (Bonferroni CP)
     min_support: int = 30  # BEEM per-exit support floor (validation rows)
     reference: str = "paired"  # BEEM per-exit target: "paired" or "overall" (paper p_L)
     eenet_budget: float | None = None  # fixed EENet budget (fraction of full cost); None: guarded
@@ -72,6 +74,7 @@ class CalibrationConfig:
     def validate(self) -> None:
         check_number("tolerance", self.tolerance, 0.0, 1.0)
         check_confidence(self.confidence)
+        check_guard(self.guard)
         check_int("min_support", self.min_support, 1, 10**9)
         if self.beem_target_speedup is not None:
             check_number("beem: target_speedup", self.beem_target_speedup, 1.0, 1e6)
@@ -114,11 +117,18 @@ class PolicyCalibration:
         return out
 
 
+GUARD_TEXT = {
+    "score": "Tango score upper bound (half-row continuity correction) on rows lost minus rows "
+             "gained vs the last exit",
+    "exact": "Clopper-Pearson upper bound on rows lost vs the last exit, minus the lower bound "
+             "on rows gained (Bonferroni)",
+}
+
+
 def _guard_fit(cfg: CalibrationConfig, method: str, **extra: Any) -> dict[str, Any]:
     return {"method": method, "split": "val", "tolerance": cfg.tolerance,
-            "confidence": cfg.confidence,
-            "guard": "Clopper-Pearson upper bound on rows lost vs the last exit, minus rows gained",
-            **extra}
+            "confidence": cfg.confidence, "guard_method": cfg.guard,
+            "guard": GUARD_TEXT[cfg.guard], **extra}
 
 
 def _pick(points: list[SweepPoint], cfg: CalibrationConfig) -> SweepPoint:
@@ -208,7 +218,8 @@ def _beem_record(fit: BeemFit) -> dict[str, Any]:
 
 def fit_beem(data: Split, cfg: CalibrationConfig) -> PolicyCalibration:
     """Both weightings x (guarded per-exit thresholds, each exit's rows alone or pooled with the
-    rows that left earlier; guarded global alpha); keep the fastest on validation. The best fit
+    rows that left earlier; guarded global alpha; guarded alpha normalised by the streak scale);
+    keep the fastest on validation. The best fit
     of each weighting is stored as its variant so a request can pick a weighting."""
     if cfg.beem_target_speedup is not None:
         return fit_beem_for_speedup(data, cfg, cfg.beem_target_speedup)
@@ -219,6 +230,8 @@ def fit_beem(data: Split, cfg: CalibrationConfig) -> PolicyCalibration:
         cands = [fit_per_exit(data.logits, data.labels, data.costs, weights, weighting,
                               replace(bcfg, pooling=pooling)) for pooling in POOLINGS]
         cands.append(fit_global(data.logits, data.labels, data.costs, weights, weighting, bcfg))
+        cands.append(fit_normalised(data.logits, data.labels, data.costs, weights, weighting,
+                                    bcfg))
         tried += [{"weighting": weighting, **_beem_record(f)} for f in cands]
         fits[weighting] = best_fit(cands, cfg.tolerance)
     chosen = best_fit(list(fits.values()), cfg.tolerance)
@@ -371,7 +384,7 @@ def calibrate(data: Split, names: Iterable[str] | None = None,
                           f"{tuple(data.logits.shape)} and {tuple(data.labels.shape)}")
     if not bool(torch.isfinite(data.logits).all()):
         raise PolicyError("validation logits contain NaN or inf")
-    with single_thread():
+    with single_thread(), use_guard(cfg.guard):
         return {name: FITTERS[name](data, cfg) for name in wanted}
 
 

@@ -18,6 +18,9 @@ def add_guard_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tolerance", type=float, default=0.005, help=GUARD_HELP)
     p.add_argument("--confidence", type=float, default=0.8,
                    help="one-sided confidence of the guard's upper bound (default 0.8)")
+    p.add_argument("--guard", default="score", choices=["score", "exact"],
+                   help="the guard's bound: joint score bound on lost minus gained rows "
+                        "(default) or exact Clopper-Pearson bounds on each (more margin)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -44,7 +47,8 @@ def guard_config(args: argparse.Namespace, **extra: Any) -> Any:
     """A validated CalibrationConfig from the command line."""
     from policies.calibration import CalibrationConfig
 
-    cfg = CalibrationConfig(tolerance=args.tolerance, confidence=args.confidence, **extra)
+    cfg = CalibrationConfig(tolerance=args.tolerance, confidence=args.confidence,
+                            guard=args.guard, **extra)
     cfg.validate()
     return cfg
 

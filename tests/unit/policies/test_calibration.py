@@ -63,7 +63,7 @@ def test_beem_exits_early_and_keeps_its_promise_on_held_out(
     variants = beem.variants
     assert beem.point.layer_speedup > 1.1
     assert variants is not None and set(variants) == {"cost", "accuracy"}
-    assert beem.fit["tolerance"] == 0.005 and len(beem.fit["candidates"]) == 6
+    assert beem.fit["tolerance"] == 0.005 and len(beem.fit["candidates"]) == 8
     res = replay(build_policy("beem", 6, {}, beem.to_manifest()), *test_logits, costs=COSTS)
     assert res.accuracy_loss() <= 0.005
     for weighting in ("cost", "accuracy"):
