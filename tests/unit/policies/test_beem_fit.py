@@ -13,8 +13,10 @@ from policies.beem_fit import (
     BeemFitConfig,
     best_fit,
     fit_global,
+    fit_normalised,
     fit_per_exit,
     per_exit_thresholds,
+    streak_scale,
 )
 from policies.costs import layer_costs
 from policies.replay import replay
@@ -146,3 +148,23 @@ def test_bad_configuration(cfg: BeemFitConfig, message: str, val_logits: Logits)
 def test_weights_must_match_the_exits(val_logits: Logits) -> None:
     with pytest.raises(PolicyError, match="3 weights for 6 exits"):
         fit_per_exit(*val_logits, layer_costs(6), [1.0, 1.0, 1.0], "custom", BeemFitConfig())
+
+
+def test_normalised_alpha_ties_the_thresholds_to_the_streak_scale(val_logits: Logits,
+                                                                   test_logits: Logits) -> None:
+    logits, labels = val_logits
+    costs = layer_costs(6)
+    fit = fit_normalised(logits, labels, costs, W6, "cost", BeemFitConfig(confidence=0.8))
+    assert fit.method == "normalised" and fit.alpha is not None and 0 < fit.alpha <= 1
+    scale = streak_scale(W6)
+    assert scale[-1] == pytest.approx(sum(W6))
+    assert fit.thresholds[-1] is None
+    assert fit.thresholds[:-1] == pytest.approx([fit.alpha * w for w in scale[:-1]])
+    assert fit.point.loss_upper <= 0.005 and fit.point.layer_speedup > 1.0
+    # the served policy (thresholds list, no special code) reproduces the fitted point
+    pol = build_policy("beem", 6, {}, {"params": fit.params()})
+    res = replay(pol, logits, labels, costs)
+    assert res.layer_speedup() == pytest.approx(fit.point.layer_speedup)
+    strict = fit_normalised(logits, labels, costs, W6, "cost",
+                            BeemFitConfig(tolerance=0.0005, confidence=0.8))
+    assert strict.point.layer_speedup <= fit.point.layer_speedup  # less room, fewer exits
