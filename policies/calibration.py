@@ -4,7 +4,8 @@
 per-layer latency (`policies.costs.manifest_costs`), fits each policy, and writes
 
     manifest["policies"][name] = {"params": {...}, "operating_point": {...}, "fit": {...}}
-    manifest["default_policy"] = "beem"
+    manifest["default_policy"] = the calibrated policy with the highest guarded validation cost
+                                 speed-up (`choose_default`; BEEM on a tie)
 
 The engine passes `manifest["policies"][name]` to `build_policy` as `calibration`; the policies read
 `calibration["params"]` (BEEM also `calibration["variants"]`, the fit of each weighting).
@@ -57,7 +58,8 @@ from policies.sweep import (
 from policies.sweep import operating_point as summarise
 
 POLICIES = ("none", "static", "maxprob", "entropy", "patience", "beem", "eenet")
-DEFAULT_POLICY = "beem"
+DEFAULT_POLICY = "beem"  # preferred on a tie
+DEFAULT_CANDIDATES = ("beem", "maxprob", "entropy", "eenet", "patience")
 
 
 @dataclass(frozen=True)
@@ -409,6 +411,25 @@ def calibrate_artifact(root: str | Path, policies: Iterable[str] | None = None,
     fits = calibrate(data, policies, config)
     stored = dict(manifest.get("policies") or {})
     stored.update({name: fit.to_manifest() for name, fit in fits.items()})
-    default = DEFAULT_POLICY if DEFAULT_POLICY in stored else manifest.get("default_policy",
-                                                                           "none")
+    default = choose_default(stored) or manifest.get("default_policy", "none")
     return update_manifest(root, policies=stored, default_policy=default)
+
+
+def choose_default(stored: Mapping[str, Any]) -> str | None:
+    """The served default: among calibrated early-exit policies whose guarded validation loss
+    is within their tolerance, the highest validation cost speed-up; BEEM wins ties. Chosen on
+    validation only. None when no such policy is calibrated."""
+    best: tuple[float, bool, str] | None = None
+    for name in DEFAULT_CANDIDATES:
+        cal = stored.get(name)
+        if not isinstance(cal, Mapping):
+            continue
+        point, fit = cal.get("operating_point") or {}, cal.get("fit") or {}
+        tol, upper, speed = (fit.get("tolerance"), point.get("loss_upper"),
+                             point.get("cost_speedup"))
+        if not (isinstance(tol, int | float) and isinstance(upper, int | float)
+                and isinstance(speed, int | float)) or upper > tol + 1e-9:
+            continue
+        key = (round(float(speed), 6), name == DEFAULT_POLICY, name)
+        best = key if best is None or key > best else best
+    return None if best is None else best[2]
