@@ -34,6 +34,7 @@ from policies.beem_fit import (
     BeemFit,
     BeemFitConfig,
     best_fit,
+    choose_min_support,
     exit_accuracies,
     fit_global,
     fit_normalised,
@@ -60,6 +61,7 @@ from policies.sweep import operating_point as summarise
 POLICIES = ("none", "static", "maxprob", "entropy", "patience", "beem", "eenet")
 DEFAULT_POLICY = "beem"  # preferred on a tie
 DEFAULT_CANDIDATES = ("beem", "maxprob", "entropy", "eenet", "patience")
+FIXED_SUPPORT = 30  # the support floor when none is chosen by the data (global fits ignore it)
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class CalibrationConfig:
     tolerance: float = 0.005  # allowed validation accuracy loss vs the last exit (0.005 = 0.5 pt)
     confidence: float = 0.8  # one-sided confidence of the guard on that loss
     guard: str = DEFAULT_GUARD  # "score" (joint Tango bound) or "exact" (Bonferroni CP)
-    min_support: int = 30  # BEEM per-exit support floor (validation rows)
+    min_support: int | None = None  # BEEM per-exit support floor (rows); None: chosen by data
     reference: str = "paired"  # BEEM per-exit target: "paired" or "overall" (paper p_L)
     eenet_budget: float | None = None  # fixed EENet budget (fraction of full cost); None: guarded
     beem_target_speedup: float | None = None  # BEEM: global alpha for this layer speed-up instead
@@ -77,14 +79,15 @@ class CalibrationConfig:
         check_number("tolerance", self.tolerance, 0.0, 1.0)
         check_confidence(self.confidence)
         check_guard(self.guard)
-        check_int("min_support", self.min_support, 1, 10**9)
+        if self.min_support is not None:
+            check_int("min_support", self.min_support, 1, 10**9)
         if self.beem_target_speedup is not None:
             check_number("beem: target_speedup", self.beem_target_speedup, 1.0, 1e6)
         self.beem().validate()
 
     def beem(self, reset: str = "weighted") -> BeemFitConfig:
-        return BeemFitConfig(self.tolerance, self.confidence, self.min_support, self.reference,
-                             reset)
+        floor = FIXED_SUPPORT if self.min_support is None else self.min_support
+        return BeemFitConfig(self.tolerance, self.confidence, floor, self.reference, reset)
 
 
 @dataclass(frozen=True)
@@ -228,16 +231,25 @@ def fit_beem(data: Split, cfg: CalibrationConfig) -> PolicyCalibration:
     bcfg = cfg.beem()
     fits: dict[str, BeemFit] = {}
     tried: list[dict[str, Any]] = []
+    floors: dict[str, Any] = {}
     for weighting, weights in beem_weight_options(data).items():
-        cands = [fit_per_exit(data.logits, data.labels, data.costs, weights, weighting,
-                              replace(bcfg, pooling=pooling)) for pooling in POOLINGS]
+        cands = []
+        for pooling in POOLINGS:
+            pcfg = replace(bcfg, pooling=pooling)
+            if cfg.min_support is None:
+                choice = choose_min_support(data.logits, data.labels, data.costs, weights, pcfg)
+                pcfg = replace(pcfg, min_support=choice.min_support)
+                floors[f"{weighting}/{pooling}"] = {"chosen": choice.min_support,
+                                                    "trials": choice.trials}
+            cands.append(fit_per_exit(data.logits, data.labels, data.costs, weights, weighting,
+                                      pcfg))
         cands.append(fit_global(data.logits, data.labels, data.costs, weights, weighting, bcfg))
         cands.append(fit_normalised(data.logits, data.labels, data.costs, weights, weighting,
                                     bcfg))
         tried += [{"weighting": weighting, **_beem_record(f)} for f in cands]
         fits[weighting] = best_fit(cands, cfg.tolerance)
     chosen = best_fit(list(fits.values()), cfg.tolerance)
-    return _beem_calibration(chosen, fits, cfg, tried)
+    return _beem_calibration(chosen, fits, cfg, tried, support_floors=floors)
 
 
 def fit_beem_for_speedup(data: Split, cfg: CalibrationConfig,
@@ -255,7 +267,8 @@ def fit_beem_for_speedup(data: Split, cfg: CalibrationConfig,
 def _beem_calibration(chosen: BeemFit, fits: dict[str, BeemFit], cfg: CalibrationConfig,
                       tried: list[dict[str, Any]], **extra: Any) -> PolicyCalibration:
     label = "BEEM-A" if chosen.weighting == "accuracy" else "BEEM-C"
-    fit = _guard_fit(cfg, f"{chosen.method} thresholds, {label}", min_support=cfg.min_support,
+    floor = "chosen by cross-fitting" if cfg.min_support is None else cfg.min_support
+    fit = _guard_fit(cfg, f"{chosen.method} thresholds, {label}", min_support=floor,
                      reference=cfg.reference, candidates=tried, **extra)
     variants = {w: {"weights": f.weights, "thresholds": f.thresholds, "method": f.method}
                 for w, f in fits.items()}

@@ -29,8 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--policy", action="append", dest="policies", metavar="NAME",
                    help="fit only this policy (repeatable); default: all")
     add_guard_options(p)
-    p.add_argument("--min-support", type=int, default=30,
-                   help="BEEM: fewest validation rows a per-exit threshold rests on")
+    p.add_argument("--min-support", type=int, default=None,
+                   help="BEEM: fewest validation rows a per-exit threshold rests on "
+                        "(default: chosen by cross-fitting on validation halves)")
     p.add_argument("--reference", default="paired", choices=["paired", "overall"],
                    help="BEEM per-exit target: the last exit on the same rows (paired) or its "
                         "overall error rate (the paper)")
