@@ -68,7 +68,7 @@ FIXED_SUPPORT = 30  # the support floor when none is chosen by the data (global 
 class CalibrationConfig:
     tolerance: float = 0.005  # allowed validation accuracy loss vs the last exit (0.005 = 0.5 pt)
     confidence: float = 0.8  # one-sided confidence of the guard on that loss
-    guard: str = DEFAULT_GUARD  # "score" (joint Tango bound) or "exact" (Bonferroni CP)
+    guard: str = DEFAULT_GUARD  # "exact" (Bonferroni CP) or "score" (joint Tango bound)
     min_support: int | None = None  # BEEM per-exit support floor (rows); None: chosen by data
     reference: str = "paired"  # BEEM per-exit target: "paired" or "overall" (paper p_L)
     eenet_budget: float | None = None  # fixed EENet budget (fraction of full cost); None: guarded

@@ -79,10 +79,10 @@ def test_paired_counts_and_loss_bound() -> None:
     c = paired_counts(pred, final, labels)
     assert (c.lost, c.gained, c.n) == (2, 1, 6)
     each = 0.95  # Bonferroni: both bounds at (1 + 0.9) / 2
-    with use_guard("exact"):
-        assert c.upper(0.9) == pytest.approx(float(cp_upper(2, 6, each)) -
-                                             float(cp_lower(1, 6, each)))
-    assert c.upper(0.9) == pytest.approx(float(score_loss_upper(2, 1, 6, 0.9)))  # the default
+    assert c.upper(0.9) == pytest.approx(float(cp_upper(2, 6, each)) -  # the default: exact
+                                         float(cp_lower(1, 6, each)))
+    with use_guard("score"):
+        assert c.upper(0.9) == pytest.approx(float(score_loss_upper(2, 1, 6, 0.9)))
     assert c.upper(0.9) > (2 - 1) / 6  # the bound lies above the point estimate
     with pytest.raises(PolicyError, match="shapes differ"):
         paired_counts(pred[:3], final, labels)
@@ -160,14 +160,14 @@ def test_score_bound_is_tighter_than_the_exact_one_and_rises_with_confidence() -
 
 
 def test_use_guard_switches_the_method_and_names_bad_ones() -> None:
-    assert current_guard() == "score"
-    with use_guard("exact"):
-        assert current_guard() == "exact"
-        assert float(loss_upper(5, 0, 1057, 0.8)) == float(exact_loss_upper(5, 0, 1057, 0.8))
-        assert not bool(loss_within(torch.tensor(2.0), torch.tensor(0.0), torch.tensor(1000.0),
-                                    0.005, 0.8))
-    assert current_guard() == "score"
-    assert bool(loss_within(torch.tensor(2.0), torch.tensor(0.0), torch.tensor(1000.0), 0.005,
-                            0.8))
+    assert current_guard() == "exact"
+    assert float(loss_upper(5, 0, 1057, 0.8)) == float(exact_loss_upper(5, 0, 1057, 0.8))
+    assert not bool(loss_within(torch.tensor(2.0), torch.tensor(0.0), torch.tensor(1000.0),
+                                0.005, 0.8))
+    with use_guard("score"):
+        assert current_guard() == "score"
+        assert bool(loss_within(torch.tensor(2.0), torch.tensor(0.0), torch.tensor(1000.0),
+                                0.005, 0.8))
+    assert current_guard() == "exact"
     with pytest.raises(PolicyError, match="guard"), use_guard("bayes"):
         pass
