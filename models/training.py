@@ -3,7 +3,13 @@
 Loss (BEEM / PABEE): depth-weighted cross-entropy  sum_i i*CE_i / sum_i i, plus optional
 self-distillation of the last exit into the earlier ones (KL at temperature T, weight `distill`).
 AdamW, linear warmup + linear decay, gradient clipping, early stopping on validation accuracy
-of the last exit; the best weights are restored at the end.
+of the last exit (counted in evaluations, never in time); the best weights are restored at the end.
+
+Reproducible on one machine: `seeded(seed)` fixes Python's and torch's generators (call it before
+building the model, so fresh exit heads start the same), the batch order comes from its own
+`random.Random(seed)`, dropout from torch's seeded generator, and training runs on a fixed number
+of intra-op threads (`TrainConfig.threads`) with torch's deterministic algorithms, so two builds
+of one recipe and seed give the same weights bit for bit.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ import copy
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +49,7 @@ class TrainConfig:
     freeze_backbone: bool = False  # heads only (far worse on this task; never the default)
     seed: int = 42
     max_length: int = 64
+    threads: int = 2  # torch intra-op threads while training (fixed: results depend on it)
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,49 @@ class TrainResult:
     steps: int
     seconds: float
     history: list[dict[str, object]]  # per evaluation: step, loss, val_last, val_exits (list)
+
+
+def with_overrides(cfg: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
+    """`cfg` with named fields replaced; values are cast to the field's type (CLI strings)."""
+    known = {f.name: type(getattr(cfg, f.name)) for f in fields(cfg)}
+    out: dict[str, Any] = {}
+    for name, value in overrides.items():
+        if name not in known:
+            raise ValueError(f"unknown training setting {name!r}; known: {sorted(known)}")
+        kind = known[name]
+        try:
+            if kind is bool and isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                out[name] = value.lower() in ("true", "1")
+            else:
+                out[name] = kind(value)
+        except ValueError:
+            raise ValueError(f"training setting {name}={value!r} is not a {kind.__name__}") \
+                from None
+    if out.get("threads", 1) < 1:
+        raise ValueError(f"training setting threads must be >= 1, got {out['threads']}")
+    return replace(cfg, **out)
+
+
+def seeded(seed: int) -> None:
+    """Seed Python's and torch's global generators (model init, dropout)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def reproducible(threads: int) -> Iterator[None]:
+    """Fixed intra-op threads and deterministic torch algorithms; restored afterwards."""
+    old_threads = torch.get_num_threads()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det)
 
 
 def depth_weighted_loss(logits: torch.Tensor, labels: torch.Tensor, distill: float = 0.0,
@@ -107,8 +160,14 @@ def exit_accuracy(logits: torch.Tensor, labels: list[int] | torch.Tensor) -> lis
 def train(model: MultiExitTextClassifier, data: TextDataset, cfg: TrainConfig,
           progress: bool = True) -> TrainResult:
     """Fine-tune in place; returns the history and restores the best validation weights."""
+    with reproducible(cfg.threads):
+        return _train(model, data, cfg, progress)
+
+
+def _train(model: MultiExitTextClassifier, data: TextDataset, cfg: TrainConfig,
+           progress: bool) -> TrainResult:
     device = model.device
-    torch.manual_seed(cfg.seed)
+    seeded(cfg.seed)
     rng = random.Random(cfg.seed)
     if cfg.freeze_backbone:
         for p in model.backbone.parameters():

@@ -19,11 +19,18 @@ rows that left at earlier exits (one pooled bound, so less margin is spent per e
 the rows that leave early lose at most `tolerance` of themselves, hence of the whole split. The
 alternative is one global alpha ("vanilla", §6.2), chosen by a sweep for a target loss (guarded)
 or a target speed-up.
+
+method "normalised" (`fit_normalised`): per-exit thresholds alpha_k = alpha * W_k tied by one
+alpha, W_k = w_1 + ... + w_k the score of a full-length streak of certain exits. S_k >= alpha W_k
+reads "the streak's weighted confidence, counting disagreeing exits as 0, is at least alpha".
+One alpha is swept and guarded once, like max-prob's tau, instead of spending the guard per exit
+(per-exit fits) or comparing scores on the weights' scale (global alpha, which at exit 1 with
+w_1 = 1/6 either fires for every row or never).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -218,6 +225,81 @@ def fit_global(logits: torch.Tensor, labels: torch.Tensor, costs: ExitCosts,
     thresholds: list[float | None] = [alpha] * (k - 1) + [None]
     return BeemFit(weighting, weights, cfg.reset, thresholds, "global", best.point,
                    alpha=None if alpha is None else float(alpha))
+
+
+SUPPORT_GRID = (10, 20, 30, 50, 100)
+
+
+@dataclass(frozen=True)
+class FloorChoice:
+    """A support floor chosen by cross-fitting on validation halves."""
+
+    min_support: int
+    trials: list[dict[str, float]]  # per floor: mean held-out loss and cost speed-up
+
+
+def choose_min_support(logits: torch.Tensor, labels: torch.Tensor, costs: ExitCosts,
+                       weights: list[float], cfg: BeemFitConfig,
+                       grid: tuple[int, ...] = SUPPORT_GRID, rounds: int = 4,
+                       seed: int = 0) -> FloorChoice:
+    """The per-exit support floor, chosen by the data: for each floor, fit per-exit thresholds
+    on one half of validation and score them on the other (both ways, `rounds` seeded
+    halvings). Small floors let the fit take lucky small subsets, which shows as held-out loss.
+    The floor with the best mean held-out cost speed-up among those whose mean held-out loss is
+    within tolerance wins (the largest floor when none is)."""
+    _check(logits, labels, weights)
+    tr = beem_trace(logits, weights, cfg.reset)  # rows are independent: subset the trace
+    n = labels.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    halves = []
+    for _ in range(rounds):
+        perm = torch.randperm(n, generator=gen)
+        halves += [(perm[: n // 2], perm[n // 2:]), (perm[n // 2:], perm[: n // 2])]
+    trials = []
+    for floor in grid:
+        c = replace(cfg, min_support=floor)
+        losses, speeds = [], []
+        for fit_rows, out_rows in halves:
+            recs = per_exit_thresholds(tr.scores[fit_rows], tr.predictions[fit_rows],
+                                       labels[fit_rows], c)
+            exits = exits_for(tr.scores[out_rows], [r.threshold for r in recs])  # (M,)
+            res = result_for(exits, tr.predictions[out_rows], labels[out_rows], costs)
+            losses.append(res.accuracy_loss())
+            speeds.append(res.cost_speedup())
+        trials.append({"min_support": floor, "held_out_loss": sum(losses) / len(losses),
+                       "held_out_cost_speedup": sum(speeds) / len(speeds)})
+    ok = [t for t in trials if t["held_out_loss"] <= cfg.tolerance + 1e-12]
+    best = max(ok, key=lambda t: t["held_out_cost_speedup"]) if ok else trials[-1]
+    return FloorChoice(int(best["min_support"]), trials)
+
+
+def streak_scale(weights: list[float]) -> list[float]:
+    """W_k = w_1 + ... + w_k: the largest S_k a row can have at exit k."""
+    out, total = [], 0.0
+    for w in weights:
+        total += w
+        out.append(total)
+    return out
+
+
+def fit_normalised(logits: torch.Tensor, labels: torch.Tensor, costs: ExitCosts,
+                   weights: list[float], weighting: str, cfg: BeemFitConfig) -> BeemFit:
+    """alpha_k = alpha * W_k with one alpha: the fastest whose guarded loss <= tolerance."""
+    _check(logits, labels, weights)
+    cfg.validate()
+    tr = beem_trace(logits, weights, cfg.reset)
+    scale = torch.tensor(streak_scale(weights), dtype=torch.float64).clamp_min(1e-12)  # (K,)
+    norm = tr.scores / scale  # (N, K) in [0, 1]
+    values: list[float | None] = [*candidate_thresholds(norm[:, :-1]), None]
+    points = sweep_global(norm, tr.predictions, labels, costs, values, cfg.confidence)
+    best = fastest_within(points, cfg.tolerance)
+    assert best is not None  # alpha = None (full depth) has zero loss
+    k = logits.shape[1]
+    thresholds: list[float | None] = [None] * k
+    if best.value is not None:
+        thresholds = [best.value * float(w) for w in scale[:-1]] + [None]
+    return BeemFit(weighting, weights, cfg.reset, thresholds, "normalised", best.point,
+                   alpha=None if best.value is None else float(best.value))
 
 
 def exit_accuracies(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:

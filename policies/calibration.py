@@ -4,7 +4,8 @@
 per-layer latency (`policies.costs.manifest_costs`), fits each policy, and writes
 
     manifest["policies"][name] = {"params": {...}, "operating_point": {...}, "fit": {...}}
-    manifest["default_policy"] = "beem"
+    manifest["default_policy"] = the calibrated policy with the highest guarded validation cost
+                                 speed-up (`choose_default`; BEEM on a tie)
 
 The engine passes `manifest["policies"][name]` to `build_policy` as `calibration`; the policies read
 `calibration["params"]` (BEEM also `calibration["variants"]`, the fit of each weighting).
@@ -33,15 +34,17 @@ from policies.beem_fit import (
     BeemFit,
     BeemFitConfig,
     best_fit,
+    choose_min_support,
     exit_accuracies,
     fit_global,
+    fit_normalised,
     fit_per_exit,
 )
 from policies.costs import ExitCosts, manifest_costs
 from policies.eenet import EENetPolicy
 from policies.eenet_fit import EENetFit, EENetFitConfig, fit_eenet, fit_offset, hard_exits
 from policies.entropy import EntropyPolicy
-from policies.guard import check_confidence
+from policies.guard import DEFAULT_GUARD, check_confidence, check_guard, use_guard
 from policies.max_softmax import MaxProbPolicy
 from policies.names import DEFAULT_POLICY, POLICY_NAMES, PolicyName, is_policy_name
 from policies.patience import PatiencePolicy
@@ -57,12 +60,16 @@ from policies.sweep import (
 )
 from policies.sweep import operating_point as summarise
 
+DEFAULT_CANDIDATES = ("beem", "maxprob", "entropy", "eenet", "patience")
+FIXED_SUPPORT = 30  # the support floor when none is chosen by the data (global fits ignore it)
+
 
 @dataclass(frozen=True)
 class CalibrationConfig:
     tolerance: float = 0.005  # allowed validation accuracy loss vs the last exit (0.005 = 0.5 pt)
     confidence: float = 0.8  # one-sided confidence of the guard on that loss
-    min_support: int = 30  # BEEM per-exit support floor (validation rows)
+    guard: str = DEFAULT_GUARD  # "exact" (Bonferroni CP) or "score" (joint Tango bound)
+    min_support: int | None = None  # BEEM per-exit support floor (rows); None: chosen by data
     reference: str = "paired"  # BEEM per-exit target: "paired" or "overall" (paper p_L)
     eenet_budget: float | None = None  # fixed EENet budget (fraction of full cost); None: guarded
     beem_target_speedup: float | None = None  # BEEM: global alpha for this layer speed-up instead
@@ -71,14 +78,16 @@ class CalibrationConfig:
     def validate(self) -> None:
         check_number("tolerance", self.tolerance, 0.0, 1.0)
         check_confidence(self.confidence)
-        check_int("min_support", self.min_support, 1, 10**9)
+        check_guard(self.guard)
+        if self.min_support is not None:
+            check_int("min_support", self.min_support, 1, 10**9)
         if self.beem_target_speedup is not None:
             check_number("beem: target_speedup", self.beem_target_speedup, 1.0, 1e6)
         self.beem().validate()
 
     def beem(self, reset: str = "weighted") -> BeemFitConfig:
-        return BeemFitConfig(self.tolerance, self.confidence, self.min_support, self.reference,
-                             reset)
+        floor = FIXED_SUPPORT if self.min_support is None else self.min_support
+        return BeemFitConfig(self.tolerance, self.confidence, floor, self.reference, reset)
 
 
 @dataclass(frozen=True)
@@ -113,11 +122,18 @@ class PolicyCalibration:
         return out
 
 
+GUARD_TEXT = {
+    "score": "Tango score upper bound (half-row continuity correction) on rows lost minus rows "
+             "gained vs the last exit",
+    "exact": "Clopper-Pearson upper bound on rows lost vs the last exit, minus the lower bound "
+             "on rows gained (Bonferroni)",
+}
+
+
 def _guard_fit(cfg: CalibrationConfig, method: str, **extra: Any) -> dict[str, Any]:
     return {"method": method, "split": "val", "tolerance": cfg.tolerance,
-            "confidence": cfg.confidence,
-            "guard": "Clopper-Pearson upper bound on rows lost vs the last exit, minus rows gained",
-            **extra}
+            "confidence": cfg.confidence, "guard_method": cfg.guard,
+            "guard": GUARD_TEXT[cfg.guard], **extra}
 
 
 def _pick(points: list[SweepPoint], cfg: CalibrationConfig) -> SweepPoint:
@@ -208,21 +224,33 @@ def _beem_record(fit: BeemFit) -> dict[str, Any]:
 
 def fit_beem(data: Split, cfg: CalibrationConfig) -> PolicyCalibration:
     """Both weightings x (guarded per-exit thresholds, each exit's rows alone or pooled with the
-    rows that left earlier; guarded global alpha); keep the fastest on validation. The best fit
+    rows that left earlier; guarded global alpha; guarded alpha normalised by the streak scale);
+    keep the fastest on validation. The best fit
     of each weighting is stored as its variant so a request can pick a weighting."""
     if cfg.beem_target_speedup is not None:
         return fit_beem_for_speedup(data, cfg, cfg.beem_target_speedup)
     bcfg = cfg.beem()
     fits: dict[str, BeemFit] = {}
     tried: list[dict[str, Any]] = []
+    floors: dict[str, Any] = {}
     for weighting, weights in beem_weight_options(data).items():
-        cands = [fit_per_exit(data.logits, data.labels, data.costs, weights, weighting,
-                              replace(bcfg, pooling=pooling)) for pooling in POOLINGS]
+        cands = []
+        for pooling in POOLINGS:
+            pcfg = replace(bcfg, pooling=pooling)
+            if cfg.min_support is None:
+                choice = choose_min_support(data.logits, data.labels, data.costs, weights, pcfg)
+                pcfg = replace(pcfg, min_support=choice.min_support)
+                floors[f"{weighting}/{pooling}"] = {"chosen": choice.min_support,
+                                                    "trials": choice.trials}
+            cands.append(fit_per_exit(data.logits, data.labels, data.costs, weights, weighting,
+                                      pcfg))
         cands.append(fit_global(data.logits, data.labels, data.costs, weights, weighting, bcfg))
+        cands.append(fit_normalised(data.logits, data.labels, data.costs, weights, weighting,
+                                    bcfg))
         tried += [{"weighting": weighting, **_beem_record(f)} for f in cands]
         fits[weighting] = best_fit(cands, cfg.tolerance)
     chosen = best_fit(list(fits.values()), cfg.tolerance)
-    return _beem_calibration(chosen, fits, cfg, tried)
+    return _beem_calibration(chosen, fits, cfg, tried, support_floors=floors)
 
 
 def fit_beem_for_speedup(data: Split, cfg: CalibrationConfig,
@@ -240,7 +268,8 @@ def fit_beem_for_speedup(data: Split, cfg: CalibrationConfig,
 def _beem_calibration(chosen: BeemFit, fits: dict[str, BeemFit], cfg: CalibrationConfig,
                       tried: list[dict[str, Any]], **extra: Any) -> PolicyCalibration:
     label = "BEEM-A" if chosen.weighting == "accuracy" else "BEEM-C"
-    fit = _guard_fit(cfg, f"{chosen.method} thresholds, {label}", min_support=cfg.min_support,
+    floor = "chosen by cross-fitting" if cfg.min_support is None else cfg.min_support
+    fit = _guard_fit(cfg, f"{chosen.method} thresholds, {label}", min_support=floor,
                      reference=cfg.reference, candidates=tried, **extra)
     variants = {w: {"weights": f.weights, "thresholds": f.thresholds, "method": f.method}
                 for w, f in fits.items()}
@@ -372,7 +401,7 @@ def calibrate(data: Split, names: Iterable[str] | None = None,
                           f"{tuple(data.logits.shape)} and {tuple(data.labels.shape)}")
     if not bool(torch.isfinite(data.logits).all()):
         raise PolicyError("validation logits contain NaN or inf")
-    with single_thread():
+    with single_thread(), use_guard(cfg.guard):
         return {name: FITTERS[name](data, cfg) for name in chosen}
 
 
@@ -397,7 +426,26 @@ def calibrate_artifact(root: str | Path, policies: Iterable[str] | None = None,
     fits = calibrate(data, policies, config)
     stored = dict(manifest.get("policies") or {})
     stored.update({name: fit.to_manifest() for name, fit in fits.items()})
-    default = DEFAULT_POLICY if DEFAULT_POLICY in stored else manifest.get("default_policy",
-                                                                           "none")
+    default = choose_default(stored) or manifest.get("default_policy", "none")
     return update_manifest(root, policies=stored, default_policy=default,
                            calibrated_on={"backend": "torch", "precision": "fp32"})
+
+
+def choose_default(stored: Mapping[str, Any]) -> str | None:
+    """The served default: among calibrated early-exit policies whose guarded validation loss
+    is within their tolerance, the highest validation cost speed-up; BEEM wins ties. Chosen on
+    validation only. None when no such policy is calibrated."""
+    best: tuple[float, bool, str] | None = None
+    for name in DEFAULT_CANDIDATES:
+        cal = stored.get(name)
+        if not isinstance(cal, Mapping):
+            continue
+        point, fit = cal.get("operating_point") or {}, cal.get("fit") or {}
+        tol, upper, speed = (fit.get("tolerance"), point.get("loss_upper"),
+                             point.get("cost_speedup"))
+        if not (isinstance(tol, int | float) and isinstance(upper, int | float)
+                and isinstance(speed, int | float)) or upper > tol + 1e-9:
+            continue
+        key = (round(float(speed), 6), name == DEFAULT_POLICY, name)
+        best = key if best is None or key > best else best
+    return None if best is None else best[2]

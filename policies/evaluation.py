@@ -18,7 +18,7 @@ import torch
 
 from policies.base import ExitPolicy, PolicyError, probabilities
 from policies.beem import BeemPolicy
-from policies.beem_fit import BeemFitConfig, fit_per_exit
+from policies.beem_fit import BeemFitConfig, beem_trace, fit_per_exit, streak_scale
 from policies.calibration import (
     CalibrationConfig,
     Split,
@@ -28,6 +28,7 @@ from policies.calibration import (
 )
 from policies.eenet_fit import fit_eenet
 from policies.entropy import EntropyPolicy
+from policies.guard import use_guard
 from policies.max_softmax import MaxProbPolicy
 from policies.oracle import ORACLES
 from policies.patience import PatiencePolicy
@@ -131,6 +132,19 @@ def beem_tolerance_curve(val: Split, data: Split, weights: list[float], weightin
     return out
 
 
+def beem_normalised_curve(val: Split, data: Split, weights: list[float],
+                          confidence: float) -> list[CurvePoint]:
+    """BEEM with alpha_k = alpha * W_k (policies.beem_fit.fit_normalised), alpha swept over
+    quantiles of the validation S_k / W_k."""
+    scale = torch.tensor(streak_scale(weights), dtype=torch.float64).clamp_min(1e-12)  # (K,)
+    values = _quantile_values(beem_trace(val.logits, weights, "weighted").scores / scale,
+                              SWEEP_POINTS)
+    tr = beem_trace(data.logits, weights, "weighted")
+    pts = sweep_global(tr.scores / scale, tr.predictions, data.labels, data.costs, values,
+                       confidence)
+    return [CurvePoint("alpha/W_k", p.value, p.point) for p in pts]
+
+
 def eenet_curve(val: Split, data: Split, cfg: CalibrationConfig,
                 budgets: Sequence[float]) -> list[CurvePoint]:
     """EENet fitted on validation per budget; realised cost on `data` against the budget."""
@@ -188,6 +202,10 @@ def _curves(val: Split, data: Split, cfg: CalibrationConfig, budgets: Sequence[f
                  "beem", {}),
         "beem-c": (beem_alpha("cost"), "beem", {"weighting": "cost"}),
         "beem-a": (beem_alpha("accuracy"), "beem", {"weighting": "accuracy"}),
+        "beem-c-normalised": (lambda: beem_normalised_curve(val, data, weights["cost"], conf),
+                              "beem", {"weighting": "cost"}),
+        "beem-a-normalised": (lambda: beem_normalised_curve(val, data, weights["accuracy"], conf),
+                              "beem", {"weighting": "accuracy"}),
         "eenet": (lambda: eenet_curve(val, data, cfg, budgets), "eenet", {}),
         "maxprob": (lambda: threshold_curve(MaxProbPolicy(k, never), "tau", val, data, conf),
                     "maxprob", {}),
@@ -231,7 +249,7 @@ def evaluate(val: Split, data: Split, split: str, calibrations: Mapping[str, Any
     unknown = [n for n in wanted if n not in curves and n not in ORACLES]
     if unknown:
         raise PolicyError(f"cannot evaluate {unknown}; known: {[*curves, *ORACLES]}")
-    with single_thread():
+    with single_thread(), use_guard(cfg.guard):
         reports = [_report(name, val, data, cfg, curves, calibrations) for name in wanted]
     final = probabilities(data.logits[:, -1]).argmax(dim=-1)  # (N,)
     return EvaluationReport(

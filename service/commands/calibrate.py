@@ -19,6 +19,10 @@ def add_guard_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tolerance", type=float, default=0.005, help=GUARD_HELP)
     p.add_argument("--confidence", type=float, default=0.8,
                    help="one-sided confidence of the guard's upper bound (default 0.8)")
+    p.add_argument("--guard", default="exact", choices=["exact", "score"],
+                   help="the guard's bound: exact Clopper-Pearson bounds on lost and gained rows "
+                        "(default) or a joint score bound (less margin; broke the promise more "
+                        "often on validation halves, see docs/BENCHMARKS.md)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -32,8 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "default) or onnx (recomputed with the exported graphs)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
                    help="precision that will serve (int8: onnx only)")
-    p.add_argument("--min-support", type=int, default=30,
-                   help="BEEM: fewest validation rows a per-exit threshold rests on")
+    p.add_argument("--min-support", type=int, default=None,
+                   help="BEEM: fewest validation rows a per-exit threshold rests on "
+                        "(default: chosen by cross-fitting on validation halves)")
     p.add_argument("--reference", default="paired", choices=["paired", "overall"],
                    help="BEEM per-exit target: the last exit on the same rows (paired) or its "
                         "overall error rate (the paper)")
@@ -50,7 +55,8 @@ def guard_config(args: argparse.Namespace, **extra: Any) -> Any:
     """A validated CalibrationConfig from the command line."""
     from policies.calibration import CalibrationConfig
 
-    cfg = CalibrationConfig(tolerance=args.tolerance, confidence=args.confidence, **extra)
+    cfg = CalibrationConfig(tolerance=args.tolerance, confidence=args.confidence,
+                            guard=args.guard, **extra)
     cfg.validate()
     return cfg
 

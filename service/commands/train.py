@@ -22,8 +22,21 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="override the recipe's epoch bound")
     p.add_argument("--freeze-backbone", action="store_true",
                    help="train the exit heads only (much worse; not the default)")
+    p.add_argument("--seed", type=int, help="training seed (default: the recipe's)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a training setting, e.g. --set distill=0 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
+
+
+def _overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise CliError(f"--set takes NAME=VALUE, got {item!r}")
+        out[name.strip()] = value.strip()
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         build(args.recipe, BuildOptions(out=args.out, device=args.device, data_file=args.data,
                                         progress=not args.quiet, epochs=args.epochs,
-                                        freeze_backbone=args.freeze_backbone))
+                                        freeze_backbone=args.freeze_backbone,
+                                        seed=args.seed, overrides=_overrides(args.set)))
     except ValueError as e:
         if type(e) is ValueError:  # plain ValueErrors from our code are user errors here
             raise CliError(str(e)) from None

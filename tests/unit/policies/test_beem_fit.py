@@ -10,11 +10,15 @@ import torch
 from policies import PolicyError, build_policy
 from policies.beem import cost_weights
 from policies.beem_fit import (
+    SUPPORT_GRID,
     BeemFitConfig,
     best_fit,
+    choose_min_support,
     fit_global,
+    fit_normalised,
     fit_per_exit,
     per_exit_thresholds,
+    streak_scale,
 )
 from policies.costs import layer_costs
 from policies.replay import replay
@@ -146,3 +150,39 @@ def test_bad_configuration(cfg: BeemFitConfig, message: str, val_logits: Logits)
 def test_weights_must_match_the_exits(val_logits: Logits) -> None:
     with pytest.raises(PolicyError, match="3 weights for 6 exits"):
         fit_per_exit(*val_logits, layer_costs(6), [1.0, 1.0, 1.0], "custom", BeemFitConfig())
+
+
+def test_normalised_alpha_ties_the_thresholds_to_the_streak_scale(val_logits: Logits,
+                                                                   test_logits: Logits) -> None:
+    logits, labels = val_logits
+    costs = layer_costs(6)
+    fit = fit_normalised(logits, labels, costs, W6, "cost", BeemFitConfig(confidence=0.8))
+    assert fit.method == "normalised" and fit.alpha is not None and 0 < fit.alpha <= 1
+    scale = streak_scale(W6)
+    assert scale[-1] == pytest.approx(sum(W6))
+    assert fit.thresholds[-1] is None
+    assert fit.thresholds[:-1] == pytest.approx([fit.alpha * w for w in scale[:-1]])
+    assert fit.point.loss_upper <= 0.005 and fit.point.layer_speedup > 1.0
+    # the served policy (thresholds list, no special code) reproduces the fitted point
+    pol = build_policy("beem", 6, {}, {"params": fit.params()})
+    res = replay(pol, logits, labels, costs)
+    assert res.layer_speedup() == pytest.approx(fit.point.layer_speedup)
+    strict = fit_normalised(logits, labels, costs, W6, "cost",
+                            BeemFitConfig(tolerance=0.0005, confidence=0.8))
+    assert strict.point.layer_speedup <= fit.point.layer_speedup  # less room, fewer exits
+
+
+def test_support_floor_is_chosen_by_held_out_halves(val_logits: Logits) -> None:
+    logits, labels = val_logits
+    cfg = BeemFitConfig(confidence=0.8)
+    choice = choose_min_support(logits, labels, layer_costs(6), W6, cfg)
+    assert [t["min_support"] for t in choice.trials] == list(SUPPORT_GRID)
+    ok = [t for t in choice.trials if t["held_out_loss"] <= 0.005]
+    picked = next(t for t in choice.trials if t["min_support"] == choice.min_support)
+    if ok:
+        assert picked["held_out_cost_speedup"] == max(t["held_out_cost_speedup"] for t in ok)
+    else:
+        assert choice.min_support == SUPPORT_GRID[-1]
+    # a floor above every subset the guard accepts leaves exits 1..K-1 closed: no speed-up
+    none = choose_min_support(logits, labels, layer_costs(6), W6, cfg, grid=(10**6,))
+    assert none.trials[0]["held_out_cost_speedup"] == pytest.approx(1.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from policies.calibration import (
     Split,
     calibrate,
     calibrate_artifact,
+    choose_default,
 )
 from policies.costs import custom_costs
 from policies.eenet_fit import EENetFitConfig
@@ -63,7 +65,7 @@ def test_beem_exits_early_and_keeps_its_promise_on_held_out(
     variants = beem.variants
     assert beem.point.layer_speedup > 1.1
     assert variants is not None and set(variants) == {"cost", "accuracy"}
-    assert beem.fit["tolerance"] == 0.005 and len(beem.fit["candidates"]) == 6
+    assert beem.fit["tolerance"] == 0.005 and len(beem.fit["candidates"]) == 8
     res = replay(build_policy("beem", 6, {}, beem.to_manifest()), *test_logits, costs=COSTS)
     assert res.accuracy_loss() <= 0.005
     for weighting in ("cost", "accuracy"):
@@ -128,7 +130,9 @@ def test_non_finite_validation_logits_are_refused(val_logits: Logits) -> None:
 def test_calibrate_artifact_writes_the_manifest(fake_artifact: Path) -> None:
     cfg = CalibrationConfig(eenet=FAST_EENET)
     manifest = calibrate_artifact(fake_artifact, ["maxprob", "beem"], cfg)
-    assert manifest["default_policy"] == "beem"
+    speed = {n: manifest["policies"][n]["operating_point"]["cost_speedup"]
+             for n in ("maxprob", "beem")}
+    assert manifest["default_policy"] == max(speed, key=lambda n: (speed[n], n == "beem"))
     on_disk = read_manifest(fake_artifact)  # hashes still verify
     assert set(on_disk["policies"]) == {"maxprob", "beem"}
     assert on_disk["policies"]["beem"]["fit"]["split"] == "val"
@@ -141,3 +145,16 @@ def test_calibrate_artifact_writes_the_manifest(fake_artifact: Path) -> None:
 
 def test_calibrate_artifact_without_beem_keeps_the_default(fake_artifact: Path) -> None:
     assert calibrate_artifact(fake_artifact, ["static"])["default_policy"] == "none"
+
+
+def _cal(speed: float, upper: float, tol: float = 0.005) -> dict[str, Any]:
+    return {"operating_point": {"cost_speedup": speed, "loss_upper": upper},
+            "fit": {"tolerance": tol}}
+
+
+def test_default_is_the_fastest_guarded_policy_and_beem_wins_ties() -> None:
+    assert choose_default({"beem": _cal(1.5, 0.004), "maxprob": _cal(1.7, 0.004)}) == "maxprob"
+    assert choose_default({"beem": _cal(1.7, 0.004), "maxprob": _cal(1.7, 0.004)}) == "beem"
+    # a point whose bound broke its tolerance (e.g. a speed target) is not a default
+    assert choose_default({"beem": _cal(2.5, 0.02), "eenet": _cal(1.2, 0.001)}) == "eenet"
+    assert choose_default({"static": _cal(3.0, 0.0), "none": _cal(1.0, 0.0)}) is None

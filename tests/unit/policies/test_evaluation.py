@@ -26,8 +26,9 @@ def report(val_logits: Logits, test_logits: Logits) -> EvaluationReport:
 
 def test_every_policy_and_oracle_is_reported(report: EvaluationReport) -> None:
     names = [p.name for p in report.policies]
-    assert names == ["beem", "beem-c", "beem-a", "eenet", "maxprob", "entropy", "patience",
-                     "static", "none", "oracle-label", "oracle-consistency"]
+    assert names == ["beem", "beem-c", "beem-a", "beem-c-normalised", "beem-a-normalised",
+                     "eenet", "maxprob", "entropy", "patience", "static", "none", "oracle-label",
+                     "oracle-consistency"]
     by = {p.name: p for p in report.policies}
     assert len(by["static"].curve) == 6 and len(by["patience"].curve) == 6
     assert [p.value for p in by["eenet"].curve] == [0.4, 0.6, 0.8]
@@ -43,7 +44,7 @@ def test_kept_compares_the_held_out_loss_with_the_promise(report: EvaluationRepo
             assert rep.promised_tolerance == 0.005
             assert rep.kept == (rep.calibrated.point.loss <= 0.005)
             checked += 1
-    assert checked == 8  # all but `none` (no promise) and the oracles (not calibrated)
+    assert checked == 10  # all but `none` (no promise) and the oracles (not calibrated)
     beem = next(p for p in report.policies if p.name == "beem")
     assert beem.kept and beem.calibrated is not None
     assert beem.calibrated.point.layer_speedup > 1.1

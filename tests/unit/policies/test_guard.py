@@ -1,4 +1,5 @@
-"""Exact binomial bounds (Clopper-Pearson) and the paired loss guard, against first principles."""
+"""Exact binomial bounds (Clopper-Pearson), the paired loss guards (exact and score), against first
+principles and, for the score bound, by simulated coverage."""
 
 from __future__ import annotations
 
@@ -13,9 +14,15 @@ from policies.guard import (
     cp_lower,
     cp_upper,
     cp_upper_at_most,
+    current_guard,
+    exact_loss_upper,
+    exact_loss_within,
     loss_upper,
     loss_within,
     paired_counts,
+    score_loss_upper,
+    score_loss_within,
+    use_guard,
 )
 
 
@@ -72,34 +79,47 @@ def test_paired_counts_and_loss_bound() -> None:
     c = paired_counts(pred, final, labels)
     assert (c.lost, c.gained, c.n) == (2, 1, 6)
     each = 0.95  # Bonferroni: both bounds at (1 + 0.9) / 2
-    assert c.upper(0.9) == pytest.approx(float(cp_upper(2, 6, each)) - float(cp_lower(1, 6, each)))
+    assert c.upper(0.9) == pytest.approx(float(cp_upper(2, 6, each)) -  # the default: exact
+                                         float(cp_lower(1, 6, each)))
+    with use_guard("score"):
+        assert c.upper(0.9) == pytest.approx(float(score_loss_upper(2, 1, 6, 0.9)))
     assert c.upper(0.9) > (2 - 1) / 6  # the bound lies above the point estimate
     with pytest.raises(PolicyError, match="shapes differ"):
         paired_counts(pred[:3], final, labels)
 
 
 def test_only_rows_that_left_early_can_be_lost() -> None:
-    assert float(loss_upper(0, 0, 1000, 0.9, early=0)) == 0.0  # full depth: exactly no loss
-    small = float(loss_upper(0, 0, 1000, 0.9, early=100))
+    for method in ("exact", "score"):
+        with use_guard(method):
+            assert float(loss_upper(0, 0, 1000, 0.9, early=0)) == 0.0  # full depth: no loss
+    small = float(exact_loss_upper(0, 0, 1000, 0.9, early=100))
     assert small == pytest.approx(100 * float(cp_upper(0, 100, 0.95)) / 1000)
-    assert small < float(loss_upper(0, 0, 1000, 0.9))
+    assert small < float(exact_loss_upper(0, 0, 1000, 0.9))
 
 
 def test_loss_within_is_the_bound_against_the_tolerance() -> None:
     lost = torch.tensor([0.0, 2.0, 2.0, 6.0, 10.0])
     gained = torch.tensor([0.0, 0.0, 2.0, 0.0, 0.0])
     n = torch.tensor([1000.0, 1000.0, 1000.0, 1000.0, 0.0])
-    upper = loss_upper(lost, gained, n, 0.8)
-    within = loss_within(lost, gained, n, 0.005, 0.8)
+    upper = exact_loss_upper(lost, gained, n, 0.8)
+    within = exact_loss_within(lost, gained, n, 0.005, 0.8)
     assert within.tolist() == [True, False, True, False, True]  # gains offset losses
+    assert within[:4].tolist() == (upper[:4] <= 0.005).tolist()
+    upper = score_loss_upper(lost, gained, n, 0.8)
+    within = score_loss_within(lost, gained, n, 0.005, 0.8)
+    assert within.tolist() == [True, True, True, False, True]  # 2 lost of 1000: 0.45 pt bound
     assert within[:4].tolist() == (upper[:4] <= 0.005).tolist()
 
 
 def test_gains_are_credited_at_their_lower_bound() -> None:
     """11 lost / 11 gained among 384 early rows: a point loss of 0, but both counts are noisy."""
-    assert float(loss_upper(11, 11, 1057, 0.8, early=384)) > 0.005
-    assert float(loss_upper(11, 11, 1057, 0.8, early=384)) < float(loss_upper(11, 0, 1057, 0.8,
-                                                                               early=384))
+    assert float(exact_loss_upper(11, 11, 1057, 0.8, early=384)) > 0.005
+    assert float(exact_loss_upper(11, 11, 1057, 0.8, early=384)) < \
+        float(exact_loss_upper(11, 0, 1057, 0.8, early=384))
+    # the joint score bound spends the margin once: sqrt(22) rows of noise, not two tails
+    joint = float(score_loss_upper(11, 11, 1057, 0.8))
+    assert 0.0 < joint < float(exact_loss_upper(11, 11, 1057, 0.8, early=384))
+    assert joint < float(score_loss_upper(11, 0, 1057, 0.8))
 
 
 @pytest.mark.parametrize(("x", "n"), [(1, 10), (5, 50), (30, 400)])
@@ -115,3 +135,39 @@ def test_lower_bound_solves_the_tail_equation(x: int, n: int) -> None:
 def test_confidence_must_be_a_probability_above_one_half(confidence: float) -> None:
     with pytest.raises(PolicyError, match="confidence"):
         cp_upper(1, 10, confidence)
+
+
+@pytest.mark.parametrize(("n", "lost_rate", "loss"), [(250, 0.005, 0.003), (250, 0.01, 0.01),
+                                                      (528, 0.002, 0.0), (1057, 0.04, 0.003)])
+def test_score_bound_covers_the_true_loss_at_its_confidence(n: int, lost_rate: float,
+                                                            loss: float) -> None:
+    """Simulated coverage where the uncorrected score bound fell short (0.67-0.79 of 0.8)."""
+    g = torch.Generator().manual_seed(1)
+    probs = torch.tensor([lost_rate, lost_rate - loss, 1 - 2 * lost_rate + loss])
+    draws = torch.multinomial(probs, 3000 * n, replacement=True, generator=g).view(3000, n)
+    lost, gained = (draws == 0).sum(1).double(), (draws == 1).sum(1).double()  # (3000,)
+    upper = score_loss_upper(lost, gained, float(n), 0.8)
+    assert float((upper >= loss).double().mean()) >= 0.785  # 0.8 less ~2 Monte Carlo s.e.
+    point = (lost - gained) / n
+    assert bool((upper > point).all())
+
+
+def test_score_bound_is_tighter_than_the_exact_one_and_rises_with_confidence() -> None:
+    lost, gained = torch.tensor([15.0, 5.0, 30.0]), torch.tensor([12.0, 0.0, 20.0])
+    score = score_loss_upper(lost, gained, 1057.0, 0.8)
+    assert bool((score < exact_loss_upper(lost, gained, 1057.0, 0.8)).all())
+    assert bool((score < score_loss_upper(lost, gained, 1057.0, 0.95)).all())
+
+
+def test_use_guard_switches_the_method_and_names_bad_ones() -> None:
+    assert current_guard() == "exact"
+    assert float(loss_upper(5, 0, 1057, 0.8)) == float(exact_loss_upper(5, 0, 1057, 0.8))
+    assert not bool(loss_within(torch.tensor(2.0), torch.tensor(0.0), torch.tensor(1000.0),
+                                0.005, 0.8))
+    with use_guard("score"):
+        assert current_guard() == "score"
+        assert bool(loss_within(torch.tensor(2.0), torch.tensor(0.0), torch.tensor(1000.0),
+                                0.005, 0.8))
+    assert current_guard() == "exact"
+    with pytest.raises(PolicyError, match="guard"), use_guard("bayes"):
+        pass

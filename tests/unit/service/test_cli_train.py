@@ -50,3 +50,15 @@ def test_unknown_recipe_is_one_line(tmp_path: Path) -> None:
     res = _eeserve("train", "nope", "--out", str(tmp_path / "m"), cwd=tmp_path)
     assert res.returncode == 2 and "unknown recipe 'nope'" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("distill", "--set takes NAME=VALUE, got 'distill'"),
+    ("distil=0", "unknown training setting 'distil'"),
+    ("threads=0", "threads must be >= 1"),
+])
+def test_bad_training_setting_is_one_line(tmp_path: Path, setting: str, message: str) -> None:
+    res = _eeserve("train", "tiny-text", "--out", str(tmp_path / "m"), "--set", setting,
+                   "--quiet", cwd=tmp_path)
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

@@ -1,0 +1,127 @@
+#!/usr/bin/env python
+"""Why BEEM ranks rows better or worse than max-prob on one artifact: streaks, scores, sweeps.
+
+On a split's cached exit logits (no fitting on that split), per exit k < K:
+* agree: share of rows whose argmax equals exit k-1's (k > 1); the streak BEEM accumulates;
+* acc|agree, acc|break: accuracy of exit k on rows that agree / disagree with exit k-1;
+* AUC of each score for "exit k already gives the last exit's answer" (the rows a no-loss exit
+  may take): max-prob C_k, BEEM S_k (BEEM-C weights, reset w_k C_k), and S_k / W_k;
+and, per score family, the best layer speed-up of one global threshold at <= tolerance loss on
+that split (hindsight: what the ranking allows, before any calibration margin).
+
+    python scripts/beem_diagnostics.py artifacts/text-default --split test \\
+        --json docs/figures/beem_diagnostics_test.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from models.artifact import read_manifest  # noqa: E402
+from policies.base import probabilities  # noqa: E402
+from policies.beem import accuracy_weights, cost_weights  # noqa: E402
+from policies.beem_fit import beem_trace, exit_accuracies, streak_scale  # noqa: E402
+from policies.calibration import Split, load_split  # noqa: E402
+from policies.sweep import candidate_thresholds, sweep_global  # noqa: E402
+
+
+def auc(score: torch.Tensor, positive: torch.Tensor) -> float:
+    """Probability that a random positive row outscores a random negative one (ties: half)."""
+    pos, neg = score[positive], score[~positive]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    ranks = torch.empty_like(score)
+    order = torch.argsort(score, stable=True)
+    ranks[order] = torch.arange(1, len(score) + 1, dtype=score.dtype)
+    for v in torch.unique(score):  # average ranks over ties
+        tie = score == v
+        if int(tie.sum()) > 1:
+            ranks[tie] = ranks[tie].mean()
+    return float((ranks[positive].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def scores(data: Split, val: Split) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """name -> (scores (N, K), predictions (N, K)); BEEM-A weights from validation accuracy."""
+    k = data.num_exits
+    probs = probabilities(data.logits)  # (N, K, C)
+    conf, pred = probs.max(dim=-1)  # (N, K), (N, K)
+    out = {"maxprob": (conf.double(), pred)}
+    weights = {"beem-c": cost_weights(data.costs.cumulative),
+               "beem-a": accuracy_weights(exit_accuracies(val.logits, val.labels)),
+               "beem-uniform": [1.0] * k}
+    for name, w in weights.items():
+        for reset in ("weighted", "zero"):
+            tr = beem_trace(data.logits, w, reset)
+            tag = name if reset == "weighted" else f"{name}-reset0"
+            out[tag] = (tr.scores, tr.predictions)
+            scale = torch.tensor(streak_scale(w), dtype=torch.float64)  # (K,)
+            out[f"{tag}-normalised"] = (tr.scores / scale, tr.predictions)
+    return out
+
+
+def best_speedup(s: torch.Tensor, pred: torch.Tensor, data: Split,
+                 tolerance: float) -> dict[str, Any]:
+    values: list[float | None] = [*candidate_thresholds(s[:, :-1], 512), None]
+    pts = sweep_global(s, pred, data.labels, data.costs, values, 0.8)
+    ok = [p for p in pts if p.point.loss <= tolerance + 1e-12]
+    best = max(ok, key=lambda p: (p.point.layer_speedup, p.point.accuracy))
+    return {"threshold": best.value, "layer_x": round(best.point.layer_speedup, 4),
+            "loss_pt": round(100 * best.point.loss, 3)}
+
+
+def streaks(data: Split) -> list[dict[str, float]]:
+    pred = probabilities(data.logits).argmax(dim=-1)  # (N, K)
+    right = pred == data.labels.unsqueeze(1)  # (N, K)
+    rows = []
+    for j in range(1, data.num_exits - 1):
+        agree = pred[:, j] == pred[:, j - 1]  # (N,)
+        rows.append({"exit": j + 1, "agree": float(agree.double().mean()),
+                     "acc_agree": float(right[agree, j].double().mean()),
+                     "acc_break": float(right[~agree, j].double().mean()) if (~agree).any()
+                     else float("nan")})
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("artifact", type=Path)
+    ap.add_argument("--split", default="test", choices=["val", "test"])
+    ap.add_argument("--tolerance", type=float, default=0.005)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    manifest = read_manifest(args.artifact)
+    val = load_split(args.artifact, "val", manifest)
+    data = val if args.split == "val" else load_split(args.artifact, "test", manifest)
+    fams = scores(data, val)
+    pred = probabilities(data.logits).argmax(dim=-1)  # (N, K)
+    safe = pred == pred[:, -1:]  # (N, K) exit k already gives the last exit's answer
+    aucs = {name: [round(auc(s[:, j], safe[:, j]), 4) for j in range(data.num_exits - 1)]
+            for name, (s, _) in fams.items()}
+    best = {name: best_speedup(s, p, data, args.tolerance) for name, (s, p) in fams.items()}
+    out = {"artifact": str(args.artifact), "split": args.split, "tolerance": args.tolerance,
+           "streaks": streaks(data), "auc_same_as_last": aucs, "best_global": best}
+    print("exit  agree  acc|agree  acc|break")
+    for r in out["streaks"]:
+        print(f"{r['exit']:>4}  {r['agree']:.3f}  {r['acc_agree']:.3f}      {r['acc_break']:.3f}")
+    print(f"{'score':<28} {'AUC(same as last) exits 1..K-1':<40} best layer x @<=tol")
+    for name in fams:
+        b = best[name]
+        print(f"{name:<28} {' '.join(f'{a:.3f}' for a in aucs[name]):<40} {b['layer_x']:.2f} "
+              f"({b['loss_pt']:+.2f} pt)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""One training step of the multi-exit text classifier, MiniLM-L6 vs MPNet-base, side by side.
+
+A step is what `models.training` does per batch: tokenise 32 movie-review sentences (max 64
+tokens), forward through every layer and exit head, depth-weighted loss, backward, clip, AdamW.
+Step time does not depend on the weight values, so both encoders are built from their
+architecture configs with random weights (all-MiniLM-L6-v2: 6 layers, hidden 384; all-mpnet-base-
+v2: 12 layers, hidden 768, 12 heads, FFN 3072, vocab 30527); the MiniLM tokenizer feeds both
+(both are ~30k-piece uncased WordPiece vocabularies, so token counts match closely). Batches are
+drawn in training order (length-sorted chunks, shuffled), the encoders interleaved batch by
+batch; medians. The build estimate scales a measured MiniLM build by the step-time ratio.
+
+    python scripts/step_time.py --steps 6 --threads 1 --json docs/figures/step_time_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from transformers import AutoConfig, AutoTokenizer, MPNetConfig  # noqa: E402
+
+from models.backbones import fetch_backbone  # noqa: E402
+from models.data import load_movie_reviews  # noqa: E402
+from models.text_classifier import MultiExitTextClassifier, TextClassifierConfig  # noqa: E402
+from models.training import _batches, _tensors, depth_weighted_loss  # noqa: E402
+
+MPNET_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                  intermediate_size=3072, vocab_size=30527, max_position_embeddings=514,
+                  pad_token_id=1, relative_attention_num_buckets=32)
+
+
+def models(tok: Any) -> dict[str, MultiExitTextClassifier]:
+    head = TextClassifierConfig(num_labels=2, max_length=64)
+    minilm = AutoConfig.from_pretrained(str(fetch_backbone()))
+    return {"all-MiniLM-L6-v2": MultiExitTextClassifier.from_config(minilm, tok, head),
+            "all-mpnet-base-v2": MultiExitTextClassifier.from_config(MPNetConfig(**MPNET_BASE),
+                                                                     tok, head)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--minilm-build-s", type=float, default=2447.0,
+                    help="a measured text-default build (seconds) to scale")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(str(fetch_backbone()))
+    data = load_movie_reviews()
+    nets = models(tok)
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-5) for k, m in nets.items()}
+    batches = _batches(data.train, 32, random.Random(0))
+    times: dict[str, list[float]] = {k: [] for k in nets}
+    tokens: list[int] = []
+    for i in range(args.steps + 1):  # the first step of each is warm-up
+        idx = batches[i]
+        for name, model in nets.items():  # interleaved
+            model.train()
+            t0 = time.perf_counter()
+            ids, mask, y = _tensors(model, data.train, idx, 64, torch.device("cpu"))
+            loss = depth_weighted_loss(model(ids, mask), y, 0.3, 2.0)
+            opts[name].zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opts[name].step()
+            if i > 0:
+                times[name].append(time.perf_counter() - t0)
+        if i > 0:
+            tokens.append(int(ids.shape[1]))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["all-mpnet-base-v2"] / med["all-MiniLM-L6-v2"]
+    out = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
+           "torch": torch.__version__, "steps": args.steps, "batch": 32,
+           "padded_lengths": tokens, "median_step_s": med, "ratio": ratio,
+           "params_m": {k: sum(p.numel() for p in m.parameters()) / 1e6
+                        for k, m in nets.items()},
+           "minilm_build_s": args.minilm_build_s,
+           "mpnet_build_estimate_s": args.minilm_build_s * ratio}
+    for k, v in med.items():
+        print(f"{k:<20} median step {v:.2f}s over {args.steps} steps "
+              f"({out['params_m'][k]:.1f} M params)")
+    print(f"ratio {ratio:.2f}: text-base build ~ {args.minilm_build_s * ratio / 3600:.1f} h "
+          f"if text-default takes {args.minilm_build_s / 60:.0f} min")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
