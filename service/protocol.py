@@ -63,6 +63,7 @@ class ClassifyRequest:
     deadline_ms: float | None = None  # wall-clock limit from arrival; past it -> 504
     return_trace: bool = False
     request_id: str = ""
+    shadow: bool = False  # check every early answer of this request against the last exit
 
 
 @dataclass(frozen=True)

@@ -137,7 +137,7 @@ async def classify(body: ClassifyBody, request: Request) -> Response:
         texts=texts, model=body.model, policy=body.policy or settings.default_policy,
         params=dict(body.params), latency_budget_ms=body.latency_budget_ms,
         deadline_ms=body.deadline_ms, return_trace=body.return_trace,
-        request_id=request.state.request_id)))
+        request_id=request.state.request_id, shadow=body.shadow)))
     labels.queue_seconds = max(r.queue_ms for r in results) / 1e3
     timing = {"queue_ms": max(r.queue_ms for r in results),
               "compute_ms": max(r.compute_ms for r in results),

@@ -23,6 +23,7 @@ from service.engine.captioning import CaptionHandle, CaptionRunner, decode_image
 from service.engine.captioning import warm_up as warm_up_captioner
 from service.engine.config import EngineConfig
 from service.engine.handles import PolicyKey, RequestHandle, now
+from service.engine.live import LiveAgreement
 from service.engine.scheduler import Scheduler
 from service.engine.served import ServedModel, seed_step_cost
 from service.protocol import (
@@ -95,6 +96,9 @@ class InProcessEngine:
             default = self.cfg.default_policy or loaded.manifest.get("default_policy") or "none"
             self.served[loaded.name] = ServedModel(loaded, default, device,
                                                    seed_step_cost(loaded.manifest))
+            if loaded.kind != "captioner":  # [shadow] live agreement of text models
+                self.served[loaded.name].live = LiveAgreement(
+                    loaded.name, int(loaded.model.num_exits), loaded, self.cfg.shadow, self.sink)
             if loaded.kind == "captioner":
                 self._warm_up(self.served[loaded.name])
             log.info("model loaded", extra={"model": loaded.name, "path": path,
@@ -239,7 +243,7 @@ class InProcessEngine:
             future=loop.create_future(), loop=loop, request_id=req.request_id, arrival=arrival,
             deadline=arrival + timeout_ms / 1e3,
             budget_s=req.latency_budget_ms / 1e3 if req.latency_budget_ms else None,
-            return_trace=req.return_trace)
+            return_trace=req.return_trace, shadow=req.shadow)
         self.scheduler.submit(handle)
         try:
             return await asyncio.wait_for(asyncio.shield(handle.future),
