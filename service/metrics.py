@@ -222,6 +222,9 @@ class PrometheusStatLogger:
         """Remember each model's kind, so caption token samples go to the token histogram."""
         for m in models:
             self._kinds[m.name] = m.kind
+            if m.kind != "captioner" and m.ready:  # drop counters exist before any drop
+                for reason in ("load", "backlog", "stale", "error"):
+                    self.shadow_dropped.labels(model=m.name, reason=reason).inc(0)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format (served at /metrics)."""

@@ -176,3 +176,7 @@ class EngineClient(Protocol):
 
     def caption_stream(self, req: CaptionRequest) -> AsyncIterator[CaptionEvent]:
         """Tokens as they are decided, then one final event per image."""
+
+    async def reset_retuning(self, model: str) -> int:
+        """Put every threshold moved by guarded retuning (`adapt`) back where it started;
+        returns the exits changed. UnknownModel for a name that is not loaded."""

@@ -98,6 +98,15 @@ async def get_model(name: str, request: Request) -> ModelInfoOut:
     raise UnknownModel(f"unknown model {name!r}", "name")
 
 
+@router.post("/v1/models/{name}/retuning/reset", tags=["models"],
+             responses={404: ERRORS[404]})
+async def reset_retuning(name: str, request: Request) -> dict[str, Any]:
+    """Admin: put every threshold that guarded retuning (`EESERVE_ADAPT`) moved back where it
+    started (the calibrated values, or the request's own). Behind the API key when one is set."""
+    exits = await engine_of(request).reset_retuning(name)
+    return {"model": name, "exits_reset": exits}
+
+
 def check_texts(body: ClassifyBody, settings: Settings) -> list[str]:
     """The texts of a request, within the configured limits (BadRequest naming the field)."""
     texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)

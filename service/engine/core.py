@@ -256,6 +256,14 @@ class InProcessEngine:
             handle.cancel()  # the client went away: its rows leave at the next step
             raise
 
+    async def reset_retuning(self, model: str) -> int:
+        served = self.served.get(model)
+        if served is None:
+            raise UnknownModel(f"unknown model {model!r}; loaded: {sorted(self.served)}", "name")
+        if served.live is None:
+            return 0
+        return int(await asyncio.to_thread(served.live.reset))
+
     async def caption(self, req: CaptionRequest) -> list[CaptionResult]:
         results: list[CaptionResult | None] = [None] * len(req.images)
         async for ev in self._caption_events(req, stream_tokens=False):

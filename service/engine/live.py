@@ -106,7 +106,8 @@ class LiveAgreement:
         self.keys: dict[PolicyKey, Tracked] = {}
         self.dropped: dict[str, int] = {}
         self._val: torch.Tensor | None | bool = False  # (N, K, C) once loaded; None: missing
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # windows, judgements, history (read by snapshot)
+        self._tune = threading.Lock()  # threshold changes: worker's refresh vs a reset
 
     # ---- worker thread ----------------------------------------------------------------------
     def record(self, key: PolicyKey, policy: ExitPolicy, exit_layer: int, agreed: bool) -> None:
@@ -129,6 +130,10 @@ class LiveAgreement:
     def refresh(self, limit: int | None = None) -> None:
         """Judge (at most `limit`) windows that changed, publish them, and retune when `adapt`
         is on and a key has no window left to judge."""
+        with self._tune:
+            self._refresh(limit)
+
+    def _refresh(self, limit: int | None) -> None:
         for key, t in list(self.keys.items()):
             for name, w in t.windows.items():
                 if not w.dirty:
@@ -151,8 +156,12 @@ class LiveAgreement:
 
     def reset(self) -> int:
         """Put every retuned threshold back where it started; returns the exits changed."""
+        with self._tune:
+            return self._reset()
+
+    def _reset(self) -> int:
         changed = 0
-        for t in self.keys.values():
+        for t in list(self.keys.values()):
             if t.start is None:
                 continue
             thresholds = t.policy.thresholds  # type: ignore[attr-defined]
@@ -161,9 +170,9 @@ class LiveAgreement:
                     thresholds[i] = start
                     changed += 1
                     self._log_change(t, i + 1, "reset", start)
-                    t.windows[str(i + 1)].clear()
-            if changed:
-                t.windows["all"].clear()
+                    with self._lock:
+                        t.windows[str(i + 1)].clear()
+                        t.windows["all"].clear()
         return changed
 
     # ---- any thread --------------------------------------------------------------------------
@@ -249,8 +258,9 @@ class LiveAgreement:
             if nxt == cur:
                 continue
             thresholds[k - 1] = nxt
-            t.windows[str(k)].clear()  # the old checks describe the old threshold
-            t.windows["all"].clear()
+            with self._lock:
+                t.windows[str(k)].clear()  # the old checks describe the old threshold
+                t.windows["all"].clear()
             self._log_change(t, k, d, nxt, j)
 
     def _scores(self, t: Tracked) -> torch.Tensor | None:
