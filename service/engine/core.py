@@ -69,7 +69,7 @@ class InProcessEngine:
         await asyncio.to_thread(self._warmed.wait)  # text models warm up on the worker thread
         if any(m.loaded.kind == "captioner" for m in self.served.values()):
             self.captions = CaptionRunner(self.cfg.max_batch_size, self.cfg.queue_limit,
-                                          self.sink)
+                                          self.sink, self.cfg.shadow)
             self._caption_thread = threading.Thread(target=self._caption_worker,
                                                     name="eeserve-captions", daemon=True)
             self._caption_thread.start()
