@@ -149,6 +149,8 @@ def main() -> None:
     ap.add_argument("artifact")
     ap.add_argument("--rate", type=float, default=0.2)
     ap.add_argument("--loosen", type=float, default=0.5)
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="the loosened global threshold itself (overrides --loosen)")
     ap.add_argument("--limit", type=int, default=3000, help="mails streamed per setting")
     ap.add_argument("--poll", type=int, default=10)
     ap.add_argument("--port", type=int, default=18441)
@@ -166,7 +168,7 @@ def main() -> None:
     cache = Path(os.environ.get("EESERVE_DATA_DIR", ".eeserve")) / "shift-cache"
     lm = all_logits(a.artifact, mails, cache / f"mails-{a.limit}.pt")
     lv = all_logits(a.artifact, movies, cache / "movies-test.pt")
-    loose = {"threshold": loosened(cal, a.loosen)}
+    loose = {"threshold": a.threshold if a.threshold is not None else loosened(cal, a.loosen)}
     truth = {"movies_calibrated": offline(lv, k, cal, {}),
              "mails_calibrated": offline(lm, k, cal, {}),
              "mails_loosened": offline(lm, k, cal, loose),
