@@ -75,10 +75,11 @@ class Tracked:
     """One policy key: its windows, promises, last judgements and retuning state."""
 
     label: str  # metric label
+    key: PolicyKey
     policy: ExitPolicy
-    promises: list[float]  # per exit 1..K
-    promise_all: float
     windows: dict[str, Window]  # "1".."K", "all"
+    promises: list[float] | None = None  # per exit 1..K (computed on the idle path)
+    promise_all: float = 1.0
     judged: dict[str, Judgement] = field(default_factory=dict)
     start: list[float | None] | None = None  # thresholds when first seen (the floor)
     val_scores: torch.Tensor | None = None  # (N, K) validation scores, for retuning steps
@@ -116,6 +117,8 @@ class LiveAgreement:
             if len(self.keys) >= MAX_KEYS:
                 return
             t = self._track(key, policy)
+        elif t.policy is not policy:  # rebuilt after leaving the model's policy cache
+            t.policy, t.start, t.val_scores = policy, None, None
         with self._lock:
             t.windows[str(exit_layer)].add(agreed)
             t.windows["all"].add(agreed)
@@ -135,6 +138,8 @@ class LiveAgreement:
 
     def _refresh(self, limit: int | None) -> None:
         for key, t in list(self.keys.items()):
+            if t.promises is None:
+                t.promises, t.promise_all = self._promises(key)
             for name, w in t.windows.items():
                 if not w.dirty:
                     continue
@@ -215,6 +220,16 @@ class LiveAgreement:
         return (self.loaded.manifest.get("policies") or {}).get(name)
 
     def _track(self, key: PolicyKey, policy: ExitPolicy) -> Tracked:
+        """Start tracking a key (live path: no I/O here; promises come in `refresh`)."""
+        windows = {str(k): Window(self.cfg.window) for k in range(1, self.num_exits + 1)}
+        windows["all"] = Window(self.cfg.window)
+        t = Tracked(policy_label(key), key, policy, windows)
+        self.keys[key] = t
+        return t
+
+    def _promises(self, key: PolicyKey) -> tuple[list[float], float]:
+        """Per-exit and overall promises: the calibrated parameters of the key's policy name
+        replayed on the cached validation logits (or 1 - tolerance without them)."""
         cal = self._calibration(key.name)
         tol = float(((cal or {}).get("fit") or {}).get("tolerance", DEFAULT_TOLERANCE))
         promises, promise_all = [1.0 - tol] * self.num_exits, 1.0 - tol
@@ -230,11 +245,7 @@ class LiveAgreement:
             except PolicyError as e:
                 log.warning("promise from tolerance only", extra={"model": self.model,
                                                                   "error": str(e)})
-        windows = {str(k): Window(self.cfg.window) for k in range(1, self.num_exits + 1)}
-        windows["all"] = Window(self.cfg.window)
-        t = Tracked(policy_label(key), policy, promises, promise_all, windows)
-        self.keys[key] = t
-        return t
+        return promises, promise_all
 
     def _retune(self, key: PolicyKey, t: Tracked) -> None:
         thresholds = getattr(t.policy, "thresholds", None)
