@@ -131,8 +131,12 @@ class ShadowRunner:
                     return
             return
         deepest = max(self.cohorts, key=lambda c: c.layer)
-        group = [c for c in self.cohorts if c.model == deepest.model
-                 and c.layer == deepest.layer][: max(1, self.max_batch)]
+        group, size = [], 0
+        for c in self.cohorts:  # the deepest model/layer, at most `max_batch` rows (or one)
+            if c.model == deepest.model and c.layer == deepest.layer and (
+                    not group or size + len(c.rows) <= self.max_batch):
+                group.append(c)
+                size += len(c.rows)
         rest = [c for c in self.cohorts if all(c is not g for g in group)]
         served = self.models[deepest.model]
         rows = [r for c in group for r in c.rows]
