@@ -131,7 +131,8 @@ class ShadowRunner:
                     return
             return
         deepest = max(self.cohorts, key=lambda c: c.layer)
-        group, size = [], 0
+        group: list[ShadowCohort] = []
+        size = 0
         for c in self.cohorts:  # the deepest model/layer, at most `max_batch` rows (or one)
             if c.model == deepest.model and c.layer == deepest.layer and (
                     not group or size + len(c.rows) <= self.max_batch):
