@@ -153,6 +153,7 @@ def main() -> None:
                     help="the loosened global threshold itself (overrides --loosen)")
     ap.add_argument("--limit", type=int, default=3000, help="mails streamed per setting")
     ap.add_argument("--poll", type=int, default=10)
+    ap.add_argument("--offline-only", action="store_true", help="stop after the offline truth")
     ap.add_argument("--port", type=int, default=18441)
     ap.add_argument("--out", default=str(ROOT / "docs/figures/shift_alarm.json"))
     a = ap.parse_args()
@@ -174,6 +175,8 @@ def main() -> None:
              "mails_loosened": offline(lm, k, cal, loose),
              "movies_loosened": offline(lv, k, cal, loose)}
     print(json.dumps(truth, indent=1), flush=True)
+    if a.offline_only:
+        return
     full_m = lm[:, -1].argmax(-1).tolist()
     full_v = lv[:, -1].argmax(-1).tolist()
     settings = [("movies_calibrated", movies, full_v, {}, False),
