@@ -127,6 +127,13 @@ class LiveAgreement:
         with self._lock:
             self.dropped[reason] = self.dropped.get(reason, 0) + rows
 
+    def mark_clean(self) -> None:
+        """Forget pending judgements (after a failure, so the idle loop does not spin)."""
+        with self._lock:
+            for t in self.keys.values():
+                for w in t.windows.values():
+                    w.dirty = False
+
     def dirty(self) -> bool:
         return any(w.dirty for t in self.keys.values() for w in t.windows.values())
 

@@ -122,7 +122,19 @@ class ShadowRunner:
 
     # ---- idle path ---------------------------------------------------------------------------
     def step(self) -> None:
-        """One layer of shadow work (call only when no live work is running or waiting)."""
+        """One layer of shadow work or one judgement (call only when no live work is running or
+        waiting). Never raises: a failure drops the shadow work, the engine keeps serving."""
+        try:
+            self._step()
+        except Exception as e:  # noqa: BLE001
+            log.exception("shadow work failed; dropped", extra={"error": f"{type(e).__name__}"})
+            for c in self.cohorts:
+                self._drop(c.model, "error", len(c.rows))
+            self.cohorts = []
+            for live in self.live.values():
+                live.mark_clean()
+
+    def _step(self) -> None:
         self._drop_stale()
         if not self.cohorts:
             for live in self.live.values():

@@ -203,3 +203,18 @@ async def test_shadow_rows_are_dropped_when_requests_are_queued(rig: Rig) -> Non
     await _settle(rig, 2)
     assert [(d.reason, d.rows) for d in rig.sink.drops] == [("load", 4)]
     assert sorted(c.agreed for c in rig.sink.checks) == [True, True]  # b's rows, checked
+
+
+async def test_a_failing_judgement_drops_shadow_work_and_serving_goes_on(rig: Rig) -> None:
+    def broken(limit: int | None = None) -> None:
+        raise RuntimeError("boom")
+
+    rig.served.live.refresh = broken  # type: ignore[method-assign]
+    await _classify(rig, [1, 3], "a")
+    for _ in range(200):
+        if not rig.sched.shadow.has_work():
+            break
+        await asyncio.sleep(0.01)
+    assert not rig.sched.shadow.has_work()
+    out = await _classify(rig, [5], "b")  # the worker thread is alive
+    assert out[0].exit_layer == 1
