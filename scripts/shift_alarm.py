@@ -21,6 +21,7 @@ Writes docs/figures/shift_alarm.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -166,7 +167,8 @@ def main() -> None:
     rng.shuffle(mails)
     mails = mails[:a.limit]
     movies = load_movie_reviews().test.texts
-    cache = Path(os.environ.get("EESERVE_DATA_DIR", ".eeserve")) / "shift-cache"
+    tag = hashlib.sha1((Path(a.artifact) / "manifest.json").read_bytes()).hexdigest()[:10]
+    cache = Path(os.environ.get("EESERVE_DATA_DIR", ".eeserve")) / "shift-cache" / tag
     lm = all_logits(a.artifact, mails, cache / f"mails-{a.limit}.pt")
     lv = all_logits(a.artifact, movies, cache / "movies-test.pt")
     loose = {"threshold": a.threshold if a.threshold is not None else loosened(cal, a.loosen)}
