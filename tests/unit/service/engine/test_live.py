@@ -11,7 +11,7 @@ from models.loading import load_artifact
 from policies import build_policy
 from service.engine.config import ShadowConfig
 from service.engine.handles import PolicyKey
-from service.engine.live import LiveAgreement
+from service.engine.live import LiveAgreement, policy_label
 from service.stats import NullSink, RetuneStats
 
 
@@ -87,3 +87,20 @@ def test_reset_restores_the_start(live) -> None:
     assert pol.thresholds[0] == 0.6
     assert la.snapshot()["policies"][list(la.snapshot()["policies"])[0]]["retuning"][
         "changes"][-1]["direction"] == "reset"
+
+
+def test_eenet_retuning_says_how_far_the_budget_moved(tiny_artifact: Path) -> None:
+    loaded = load_artifact(tiny_artifact, "cpu")
+    k = int(loaded.model.num_exits)
+    sink = Sink()
+    cfg = ShadowConfig(rate=1.0, min_support=50, window=200, adapt=True)
+    la = LiveAgreement(loaded.name, k, loaded, cfg, sink)
+    cal = loaded.manifest["policies"]["eenet"]
+    key = PolicyKey("eenet", (("offset", -5.0),))  # far looser than the fit
+    pol = build_policy("eenet", k, {"offset": -5.0}, cal)
+    _feed(la, key, pol, 1, 0, 50)
+    assert sink.retunes and sink.retunes[0].direction == "raise"
+    shift = sink.retunes[0].budget_shift
+    assert shift is not None and shift >= 0.0  # raising a threshold never lowers the cost
+    assert la.snapshot()["policies"][policy_label(key)]["retuning"][
+        "budget_shift"] == shift
