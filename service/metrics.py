@@ -14,7 +14,16 @@ from typing import Any, ClassVar
 import prometheus_client as prom
 
 from service.protocol import ModelInfo
-from service.stats import CaptionStats, IterationStats, RequestStats, SampleStats
+from service.stats import (
+    AgreementStats,
+    CaptionStats,
+    IterationStats,
+    RequestStats,
+    RetuneStats,
+    SampleStats,
+    ShadowCheckStats,
+    ShadowDropStats,
+)
 
 CONTENT_TYPE = prom.CONTENT_TYPE_LATEST
 DEFAULT_MAX_LAYERS = 24
@@ -30,6 +39,12 @@ METRIC_NAMES = (
     "eeserve_budget_forced_exits_total", "eeserve_queue_depth", "eeserve_active_rows",
     "eeserve_loaded_models", "eeserve_caption_time_to_first_token_seconds",
     "eeserve_caption_time_per_token_seconds", "eeserve_caption_tokens",
+    "eeserve_shadow_checks_total", "eeserve_shadow_disagreements_total",
+    "eeserve_token_shadow_checks_total", "eeserve_token_shadow_disagreements_total",
+    "eeserve_shadow_dropped_total", "eeserve_shadow_agreement_lower",
+    "eeserve_shadow_agreement_upper", "eeserve_shadow_agreement_promise",
+    "eeserve_shadow_support", "eeserve_retune_changes_total", "eeserve_retune_threshold",
+    "eeserve_retune_budget_shift",
 )
 # request statuses that reached the engine: their durations go into the latency histograms
 _TIMED_STATUSES = frozenset({"ok", "timeout"})
@@ -94,6 +109,45 @@ class PrometheusStatLogger:
         self.caption_tokens = self._make(self._histogram_cls, "eeserve_caption_tokens",
                                          "Tokens per caption", ("model",), buckets=TOKEN_BUCKETS)
 
+        self._make_shadow()
+
+    def _make_shadow(self) -> None:
+        """Shadow checks, live agreement against its promise, and guarded retuning."""
+        exits = ("model", "policy", "exit")
+        self.shadow_checks = self._make(self._counter_cls, "eeserve_shadow_checks",
+                                        "Early answers checked against the last exit", exits)
+        self.shadow_disagree = self._make(self._counter_cls, "eeserve_shadow_disagreements",
+                                          "Checked early answers that differ from the last "
+                                          "exit", exits)
+        self.token_checks = self._make(self._counter_cls, "eeserve_token_shadow_checks",
+                                       "Early caption tokens checked against the last layer",
+                                       exits)
+        self.token_disagree = self._make(self._counter_cls, "eeserve_token_shadow_disagreements",
+                                         "Checked caption tokens the last layer would not have "
+                                         "chosen", exits)
+        self.shadow_dropped = self._make(self._counter_cls, "eeserve_shadow_dropped",
+                                         "Shadow rows dropped to protect live traffic",
+                                         ("model", "reason"))
+        self.agree_lower = self._make(self._gauge_cls, "eeserve_shadow_agreement_lower",
+                                      "Lower confidence bound on live agreement", exits)
+        self.agree_upper = self._make(self._gauge_cls, "eeserve_shadow_agreement_upper",
+                                      "Upper confidence bound on live agreement (the alarm "
+                                      "fires when it is below the promise)", exits)
+        self.agree_promise = self._make(self._gauge_cls, "eeserve_shadow_agreement_promise",
+                                        "Agreement the calibration promises", exits)
+        self.agree_support = self._make(self._gauge_cls, "eeserve_shadow_support",
+                                        "Shadow checks behind the agreement bounds", exits)
+        self.retunes = self._make(self._counter_cls, "eeserve_retune_changes",
+                                  "Threshold changes by guarded retuning",
+                                  ("model", "policy", "exit", "direction"))
+        self.retune_threshold = self._make(self._gauge_cls, "eeserve_retune_threshold",
+                                           "Current threshold of a retuned exit (+Inf: never "
+                                           "exits there)", exits)
+        self.budget_shift = self._make(self._gauge_cls, "eeserve_retune_budget_shift",
+                                       "EENet: validation cost at the retuned thresholds minus "
+                                       "at calibration (fraction of full depth)",
+                                       ("model", "policy"))
+
     def _make(self, cls: Any, name: str, doc: str, labels: tuple[str, ...], **kw: Any) -> Any:
         """Build one metric; subclasses for other backends override this or the classes."""
         return cls(name, doc, labelnames=labels, registry=self.registry, **kw)
@@ -126,6 +180,34 @@ class PrometheusStatLogger:
             self.caption_tpot.labels(model=s.model).observe(s.seconds_per_token)
         self.caption_tokens.labels(model=s.model).observe(s.tokens)
 
+    def record_shadow(self, s: ShadowCheckStats) -> None:
+        lab = {"model": s.model, "policy": s.policy, "exit": str(s.exit_layer)}
+        checks, disagree = ((self.token_checks, self.token_disagree) if s.token else
+                            (self.shadow_checks, self.shadow_disagree))
+        checks.labels(**lab).inc()
+        if s.agreed:
+            disagree.labels(**lab).inc(0)  # the series exists from the first check
+        else:
+            disagree.labels(**lab).inc()
+
+    def record_shadow_dropped(self, s: ShadowDropStats) -> None:
+        self.shadow_dropped.labels(model=s.model, reason=s.reason).inc(s.rows)
+
+    def set_agreement(self, s: AgreementStats) -> None:
+        lab = {"model": s.model, "policy": s.policy, "exit": s.exit}
+        self.agree_lower.labels(**lab).set(s.lower)
+        self.agree_upper.labels(**lab).set(s.upper)
+        self.agree_promise.labels(**lab).set(s.promise)
+        self.agree_support.labels(**lab).set(s.support)
+
+    def record_retune(self, s: RetuneStats) -> None:
+        lab = {"model": s.model, "policy": s.policy, "exit": str(s.exit_layer)}
+        self.retunes.labels(**lab, direction=s.direction).inc()
+        self.retune_threshold.labels(**lab).set(
+            float("inf") if s.threshold is None else s.threshold)
+        if s.budget_shift is not None:
+            self.budget_shift.labels(model=s.model, policy=s.policy).set(s.budget_shift)
+
     def set_queue_depth(self, n: int) -> None:
         self.queue_depth.set(n)
 
@@ -140,6 +222,9 @@ class PrometheusStatLogger:
         """Remember each model's kind, so caption token samples go to the token histogram."""
         for m in models:
             self._kinds[m.name] = m.kind
+            if m.kind != "captioner" and m.ready:  # drop counters exist before any drop
+                for reason in ("load", "backlog", "stale", "error"):
+                    self.shadow_dropped.labels(model=m.name, reason=reason).inc(0)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format (served at /metrics)."""

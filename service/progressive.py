@@ -70,6 +70,9 @@ class ProgressiveEngine:
     def status(self) -> EngineStatus:
         return self.inner.status()
 
+    async def reset_retuning(self, model: str) -> int:
+        return await self.inner.reset_retuning(model)
+
     def resolve(self, task: Task, model: str | None, policy: str | None) -> ResolvedNames:
         return self.inner.resolve(task, model, policy)
 

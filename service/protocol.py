@@ -65,6 +65,7 @@ class ClassifyRequest:
     deadline_ms: float | None = None  # wall-clock limit from arrival; past it -> 504
     return_trace: bool = False
     request_id: str = ""
+    shadow: bool = False  # check every early answer of this request against the last exit
 
 
 @dataclass(frozen=True)
@@ -191,3 +192,7 @@ class EngineClient(Protocol):
 
     def caption_stream(self, req: CaptionRequest) -> AsyncIterator[CaptionEvent]:
         """Tokens as they are decided, then one final event per image."""
+
+    async def reset_retuning(self, model: str) -> int:
+        """Put every threshold moved by guarded retuning (`adapt`) back where it started;
+        returns the exits changed. UnknownModel for a name that is not loaded."""

@@ -77,6 +77,15 @@ async def get_model(name: str, request: Request) -> ModelInfoOut:
     raise UnknownModel(f"unknown model {name!r}", "name")
 
 
+@router.post("/v1/models/{name}/retuning/reset", tags=["models"],
+             responses={404: ERRORS[404]})
+async def reset_retuning(name: str, request: Request) -> dict[str, Any]:
+    """Admin: put every threshold that guarded retuning (`EESERVE_ADAPT`) moved back where it
+    started (the calibrated values, or the request's own). Behind the API key when one is set."""
+    exits = await engine_of(request).reset_retuning(name)
+    return {"model": name, "exits_reset": exits}
+
+
 @router.post("/v1/classify", response_model=ClassifyResponse, tags=["inference"],
              responses={k: v for k, v in ERRORS.items() if k != 401})
 async def classify(body: ClassifyBody, request: Request) -> Response:
@@ -93,7 +102,7 @@ async def classify(body: ClassifyBody, request: Request) -> Response:
         texts=texts, model=body.model, policy=asked,
         params=dict(body.params), latency_budget_ms=body.latency_budget_ms,
         deadline_ms=body.deadline_ms, return_trace=body.return_trace,
-        request_id=request.state.request_id)))
+        request_id=request.state.request_id, shadow=body.shadow)))
     request.state.labels.queue_seconds = max(r.queue_ms for r in results) / 1e3
     timing = {"queue_ms": max(r.queue_ms for r in results),
               "compute_ms": max(r.compute_ms for r in results),

@@ -56,7 +56,8 @@ from service.schemas import (
 from service.settings import Settings
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
-RESERVED = {"policy", "latency_budget_ms", "deadline_ms", "binary_data_output", "return_trace"}
+RESERVED = {"policy", "latency_budget_ms", "deadline_ms", "binary_data_output", "return_trace",
+            "shadow"}
 OUTPUTS = ("LABEL", "LABEL_ID", "PROBS", "EXIT_LAYER")
 
 
@@ -131,12 +132,16 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
     budget, deadline = (_positive(params, k) for k in ("latency_budget_ms", "deadline_ms"))
     if policy is not None and not isinstance(policy, str):
         raise BadRequest("parameters.policy must be a string", "parameters.policy")
+    shadow = params.get("shadow", False)
+    if not isinstance(shadow, bool):
+        raise BadRequest("parameters.shadow must be a boolean", "parameters.shadow")
     names = engine.resolve("text-classifier", info.name, policy)
     label_request(request, names, len(texts))
     results = await unless_disconnected(request, engine.classify(ClassifyRequest(
         texts=texts, model=info.name, policy=policy,
         params={k: v for k, v in params.items() if k not in RESERVED},
-        latency_budget_ms=budget, deadline_ms=deadline, request_id=request.state.request_id)))
+        latency_budget_ms=budget, deadline_ms=deadline, request_id=request.state.request_id,
+        shadow=shadow)))
     request.state.labels.queue_seconds = max(r.queue_ms for r in results) / 1e3
     return _answer(body, info, results, names.policy or "", (time.perf_counter() - t0) * 1e3)
 

@@ -73,6 +73,10 @@ class ClassifyBody(BaseModel):
                                       description="give up (504) after this long; capped by "
                                                   "the server's request timeout")
     return_trace: bool = Field(False, description="include every exit the sample passed")
+    shadow: bool = Field(False, description="after answering, run every early-exited text on "
+                                            "to the last exit (when the server is idle) to "
+                                            "check the answer; results in /v1/models and "
+                                            "/metrics")
 
 
 class ExitTraceOut(BaseModel):

@@ -59,6 +59,28 @@ class Settings(BaseSettings):
                               "layer call (1 measured best on 2 cores: see docs/BENCHMARKS.md)")
     onnx_spinning: bool = Field(False, description="let ONNX Runtime threads spin-wait")
 
+    # ---- shadow checks, drift alarm and guarded retuning (service/engine/shadow.py) ----------
+    shadow_rate: float = Field(0.01, ge=0.0, le=1.0, description="share of rows that, after "
+                               "an early exit, run on to the last layer when the engine is idle "
+                               "to check the early answer")
+    shadow_model_rates: dict[str, float] = Field(
+        default_factory=dict, description="per-model shadow rates (env: JSON object), "
+                                          "overriding shadow_rate")
+    shadow_max_rows: int = Field(64, ge=1, le=4096, description="shadow rows kept waiting; "
+                                 "more are dropped (counted)")
+    shadow_max_age_s: float = Field(10.0, gt=0, le=3600, description="shadow rows older than "
+                                    "this are dropped (counted)")
+    shadow_window: int = Field(2000, ge=10, le=10**6, description="latest checks per model, "
+                               "policy and exit that the agreement bounds use")
+    shadow_confidence: float = Field(0.95, ge=0.5, lt=1.0, description="one-sided confidence "
+                                     "of the agreement bounds")
+    shadow_min_support: int = Field(100, ge=1, description="checks before the alarm or "
+                                    "retuning may act")
+    adapt: bool = Field(False, description="raise an exit's threshold when the shadow checks "
+                                           "prove its agreement promise broken (guarded retuning)")
+    adapt_step: float = Field(0.25, gt=0.0, lt=1.0, description="share of an exit's validation "
+                              "exits one retuning step removes")
+
     # ---- network and security ----------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -88,6 +110,14 @@ class Settings(BaseSettings):
     def _split_models(cls, v: object) -> object:
         if isinstance(v, str):
             return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("shadow_model_rates")
+    @classmethod
+    def _rates(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, rate in v.items():
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"shadow_model_rates[{name!r}]={rate} must be within [0, 1]")
         return v
 
     @field_validator("api_key", mode="before")

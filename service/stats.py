@@ -54,6 +54,49 @@ class CaptionStats:
     seconds_per_token: float
 
 
+@dataclass(frozen=True)
+class ShadowCheckStats:
+    """One shadow check: did the early answer equal the full-depth answer?"""
+
+    model: str
+    policy: str
+    exit_layer: int  # where the row was answered
+    agreed: bool
+    token: bool = False  # a caption token rather than a classified text
+
+
+@dataclass(frozen=True)
+class ShadowDropStats:
+    model: str
+    reason: str  # "load" (queue not empty), "backlog" (too many waiting), "stale", "error"
+    rows: int
+
+
+@dataclass(frozen=True)
+class AgreementStats:
+    """Current live agreement of one (model, policy, exit) against its promise."""
+
+    model: str
+    policy: str
+    exit: str  # "1".."K", or "all"
+    lower: float
+    upper: float
+    promise: float
+    support: int
+
+
+@dataclass(frozen=True)
+class RetuneStats:
+    """One threshold change made by guarded retuning (or a reset)."""
+
+    model: str
+    policy: str
+    exit_layer: int
+    direction: str  # "raise", "lower", "reset"
+    threshold: float | None  # the new threshold (None = never exit there)
+    budget_shift: float | None  # EENet: validation cost now minus at calibration (fraction)
+
+
 class StatsSink(Protocol):
     def record_iteration(self, s: IterationStats) -> None: ...
 

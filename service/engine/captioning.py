@@ -19,6 +19,7 @@ import functools
 import io
 import logging
 import math
+import random
 import threading
 import time
 import warnings
@@ -29,10 +30,11 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from models.captioner import CaptionState, MultiExitCaptioner
+from models.captioner import CaptionState, MultiExitCaptioner, TokenBatch
 from models.image_encoder import ImageConfig, preprocess
 from policies import ExitPolicy
 from policies.base import enforce_last_exit
+from service.engine.config import ShadowConfig
 from service.engine.handles import PolicyKey, now
 from service.engine.served import ServedModel
 from service.protocol import (
@@ -46,7 +48,7 @@ from service.protocol import (
     Overloaded,
     TokenInfo,
 )
-from service.stats import CaptionStats, IterationStats, SampleStats, StatsSink
+from service.stats import CaptionStats, IterationStats, SampleStats, ShadowCheckStats, StatsSink
 
 log = logging.getLogger("eeserve.engine")
 
@@ -63,11 +65,34 @@ class TokenStep:
     layer_seconds: list[float]  # wall time of each decoder layer step run
     layer_rows: list[int]  # rows in each of those steps
     propagate_seconds: float  # wall time of state propagation
+    checks: list[tuple[int, bool]] = field(default_factory=list)  # shadow: (exit, agreed)
+
+
+def shadow_token_checks(model: MultiExitCaptioner, ex: TokenBatch, early: torch.Tensor,
+                        check: torch.Tensor) -> list[tuple[int, bool]]:
+    """Per-token shadow check: the rows of `ex` (just exited at layer `ex.layer`) where `check`
+    run on to the last layer; (exit, agreed) per checked row, agreed when the last layer's token
+    equals the early one. Call before `model.propagate(ex)`: these steps write the real K/V of
+    the skipped layers, and propagation then overwrites them, so the state is as without it."""
+    if not bool(check.any()) or ex.layer >= model.num_exits:
+        return []
+    tb = ex.filter(check)
+    logits = None
+    for j in range(ex.layer + 1, model.num_exits + 1):
+        out = model.step(tb, j)
+        tb, logits = out.batch, out.logits  # type: ignore[assignment]
+    assert logits is not None
+    final = logits.float().argmax(dim=-1).cpu()  # (c,)
+    agreed = (final == early[check.cpu()].cpu()).tolist()
+    return [(ex.layer, bool(a)) for a in agreed]
 
 
 def decode_token(model: MultiExitCaptioner, state: CaptionState, policy: ExitPolicy,
-                 budget_s: torch.Tensor | None = None, layer_cost_s: float = 0.0) -> TokenStep:
-    """Decide the next token of every row (see module docstring); advances `state` in place."""
+                 budget_s: torch.Tensor | None = None, layer_cost_s: float = 0.0,
+                 shadow: torch.Tensor | None = None) -> TokenStep:
+    """Decide the next token of every row (see module docstring); advances `state` in place.
+    `shadow` (B,) bool: rows whose token, if it exits early, is checked against the last layer
+    (`shadow_token_checks`)."""
     b, L = len(state), model.num_exits
     tokens = torch.empty(b, dtype=torch.long, device=state.pos.device)
     exit_layer = torch.zeros(b, dtype=torch.long)
@@ -76,6 +101,7 @@ def decode_token(model: MultiExitCaptioner, state: CaptionState, policy: ExitPol
     tb = model.embed(state)
     pstate = policy.init_state(b, "cpu")
     secs, rows, prop_s, propagated = [], [], 0.0, 0
+    checks: list[tuple[int, bool]] = []
     for k in range(1, L + 1):
         t0 = time.perf_counter()
         out = model.step(tb, k)
@@ -94,6 +120,9 @@ def decode_token(model: MultiExitCaptioner, state: CaptionState, policy: ExitPol
             ex = tb.filter(mask)
             tokens[ex.rows] = model.token_ids(d.prediction[mask])
             exit_layer[ex.rows.cpu()] = k
+            if shadow is not None and k < L:  # [shadow] before propagation overwrites K/V
+                checks += shadow_token_checks(model, ex, d.prediction[mask],
+                                              shadow[ex.rows.cpu()])
             t1 = time.perf_counter()
             propagated += model.propagate(ex)
             prop_s += time.perf_counter() - t1
@@ -104,7 +133,7 @@ def decode_token(model: MultiExitCaptioner, state: CaptionState, policy: ExitPol
         if len(tb) == 0:
             break
     model.advance(state, tokens)
-    return TokenStep(tokens.cpu(), exit_layer, forced, propagated, secs, rows, prop_s)
+    return TokenStep(tokens.cpu(), exit_layer, forced, propagated, secs, rows, prop_s, checks)
 
 
 # ---- requests -----------------------------------------------------------------------------------
@@ -169,8 +198,11 @@ class CaptionCohort:
 class CaptionRunner:
     """Worker-thread loop for captioners: admit → one token per cohort → answer and drop."""
 
-    def __init__(self, max_rows: int, queue_limit: int, sink: StatsSink):
+    def __init__(self, max_rows: int, queue_limit: int, sink: StatsSink,
+                 shadow: ShadowConfig | None = None):
         self.max_rows = max_rows
+        self.shadow = shadow or ShadowConfig()
+        self.rng = random.Random(self.shadow.seed)
         self.queue_limit = queue_limit
         self.sink = sink
         self.cond = threading.Condition()
@@ -285,8 +317,13 @@ class CaptionRunner:
         budget = None
         if any(r.handle.budget_s for r in c.rows):
             budget = torch.tensor([r.handle.budget_s or math.inf for r in c.rows])
-        step = decode_token(model, c.state, c.policy, budget, self.layer_cost_s.get(name, 0.0))
+        step = decode_token(model, c.state, c.policy, budget, self.layer_cost_s.get(name, 0.0),
+                            self._shadow_rows(name, len(c.rows)))
         self._observe(name, step)
+        for k, agreed in step.checks:
+            record = getattr(self.sink, "record_shadow", None)
+            if record is not None:
+                record(ShadowCheckStats(name, c.key.name, k, agreed, token=True))
         done_at = now()
         finished = []
         for i, r in enumerate(c.rows):
@@ -307,6 +344,15 @@ class CaptionRunner:
                 if finished[i]:
                     self._finish(r, model, c.key.name, done_at)
             self._drop(c, torch.tensor([not f for f in finished]))
+
+    def _shadow_rows(self, model: str, n: int) -> torch.Tensor | None:
+        """Rows whose next token gets a shadow check: sampled at the model's rate, and only
+        while no caption waits in the queue (checks run inline, so they cost its latency)."""
+        rate = self.shadow.rate_for(model)
+        if rate <= 0 or self.pending_rows:
+            return None
+        picked = torch.tensor([self.rng.random() < rate for _ in range(n)])  # (B,)
+        return picked if bool(picked.any()) else None
 
     def _drop(self, c: CaptionCohort, keep: torch.Tensor) -> None:
         c.rows = [r for r, k in zip(c.rows, keep.tolist(), strict=True) if k]

@@ -8,6 +8,25 @@ from service.settings import Settings
 
 
 @dataclass(frozen=True, kw_only=True)
+class ShadowConfig:
+    """Shadow checks and guarded retuning (service/engine/shadow.py, policies/agreement.py)."""
+
+    rate: float = 0.0  # share of rows checked (0: only rows whose request asks for it)
+    model_rates: tuple[tuple[str, float], ...] = ()  # per-model overrides
+    max_rows: int = 64  # shadow rows waiting at most; more are dropped
+    max_age_s: float = 10.0  # older shadow rows are dropped
+    window: int = 2000  # latest checks per (model, policy, exit) in the bounds
+    confidence: float = 0.95
+    min_support: int = 100
+    adapt: bool = False
+    adapt_step: float = 0.25
+    seed: int | None = None  # sampling seed (tests)
+
+    def rate_for(self, model: str) -> float:
+        return dict(self.model_rates).get(model, self.rate)
+
+
+@dataclass(frozen=True, kw_only=True)
 class EngineConfig:
     models: tuple[str, ...]  # artifact directories
     device: str = "cpu"  # cpu, cuda, cuda:N or auto
@@ -25,6 +44,7 @@ class EngineConfig:
     precision: str = "fp32"  # onnx: fp32 or int8
     onnx_threads: int = 1
     onnx_spinning: bool = False
+    shadow: ShadowConfig = ShadowConfig()
 
     @classmethod
     def from_settings(cls, s: Settings) -> EngineConfig:
@@ -34,4 +54,9 @@ class EngineConfig:
                    admit_wait_rounds=s.admit_wait_rounds, catch_up_rounds=s.catch_up_rounds,
                    request_timeout_ms=s.request_timeout_ms, long_text=s.long_text,
                    torch_threads=s.torch_threads, backend=s.backend, precision=s.precision,
-                   onnx_threads=s.onnx_threads, onnx_spinning=s.onnx_spinning)
+                   onnx_threads=s.onnx_threads, onnx_spinning=s.onnx_spinning, shadow=ShadowConfig(
+                       rate=s.shadow_rate, model_rates=tuple(sorted(s.shadow_model_rates.items())),
+                       max_rows=s.shadow_max_rows, max_age_s=s.shadow_max_age_s,
+                       window=s.shadow_window, confidence=s.shadow_confidence,
+                       min_support=s.shadow_min_support, adapt=s.adapt,
+                       adapt_step=s.adapt_step))

@@ -24,6 +24,7 @@ from service.engine.captioning import CaptionHandle, CaptionRunner, decode_image
 from service.engine.captioning import warm_up as warm_up_captioner
 from service.engine.config import EngineConfig
 from service.engine.handles import PolicyKey, RequestHandle, now
+from service.engine.live import LiveAgreement
 from service.engine.scheduler import Scheduler
 from service.engine.served import ServedModel, seed_step_cost
 from service.engine.tokenize import TokenBatcher
@@ -77,7 +78,8 @@ class InProcessEngine:
         self._ready = bool(self.served) and not self.failed
 
     def _start_captions(self) -> None:
-        self.captions = CaptionRunner(self.cfg.max_batch_size, self.cfg.queue_limit, self.sink)
+        self.captions = CaptionRunner(self.cfg.max_batch_size, self.cfg.queue_limit, self.sink,
+                                      self.cfg.shadow)
         self._caption_thread = threading.Thread(target=self._caption_worker,
                                                 name="eeserve-captions", daemon=True)
         self._caption_thread.start()
@@ -137,6 +139,9 @@ class InProcessEngine:
             return f"duplicate model name {loaded.name!r}"
         default = self.cfg.default_policy or loaded.manifest.get("default_policy") or "none"
         served = ServedModel(loaded, default, device, seed_step_cost(loaded.manifest))
+        if loaded.kind != "captioner":  # [shadow] live agreement of text models
+            served.live = LiveAgreement(loaded.name, int(loaded.model.num_exits), loaded,
+                                        self.cfg.shadow, self.sink)
         if loaded.kind == "captioner":
             self._warm_up(served)
         log.info("model loaded", extra={"model": loaded.name, "path": path,
@@ -294,7 +299,7 @@ class InProcessEngine:
             future=loop.create_future(), loop=loop, request_id=req.request_id, arrival=arrival,
             deadline=arrival + timeout_ms / 1e3,
             budget_s=req.latency_budget_ms / 1e3 if req.latency_budget_ms else None,
-            return_trace=req.return_trace)
+            return_trace=req.return_trace, shadow=req.shadow)
         self.scheduler.submit(handle)
         try:
             return await asyncio.wait_for(asyncio.shield(handle.future),
@@ -312,6 +317,14 @@ class InProcessEngine:
         if batcher is None:
             batcher = self._tokenizers[served.name] = TokenBatcher(served.text_model)
         return batcher
+
+    async def reset_retuning(self, model: str) -> int:
+        served = self.served.get(model)
+        if served is None:
+            raise UnknownModel(f"unknown model {model!r}; loaded: {sorted(self.served)}", "name")
+        if served.live is None:
+            return 0
+        return int(await asyncio.to_thread(served.live.reset))
 
     async def caption(self, req: CaptionRequest) -> list[CaptionResult]:
         results: list[CaptionResult | None] = [None] * len(req.images)

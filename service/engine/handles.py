@@ -39,6 +39,7 @@ class RequestHandle:
     deadline: float  # perf_counter() time past which the request fails with 504
     budget_s: float | None  # per-sample compute budget, seconds
     return_trace: bool
+    shadow: bool = False  # every early-exited row of this request gets a shadow check
     results: list[ClassifyResult | None] = field(default_factory=list)
     next_row: int = 0  # rows [0, next_row) have been admitted to the engine
     remaining: int = 0  # rows not yet answered

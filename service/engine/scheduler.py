@@ -36,6 +36,7 @@ from service.engine.cohort import (
 from service.engine.config import EngineConfig
 from service.engine.handles import RequestHandle, now
 from service.engine.served import ServedModel
+from service.engine.shadow import ShadowRunner
 from service.protocol import DeadlineExceeded, InternalError, NotReady, Overloaded
 from service.stats import IterationStats, SampleStats, StatsSink
 
@@ -77,6 +78,10 @@ class Scheduler:
         self.abort = False
         self.last_arrival: float | None = None
         self.gap_ema_s = float("inf")  # smoothed time between request arrivals
+        # [shadow] sampled early-exited rows run on to the last exit when the engine is idle
+        self.shadow = ShadowRunner(models, cfg.shadow, sink,
+                                   {n: m.live for n, m in models.items() if m.live is not None},
+                                   cfg.max_batch_size)
 
     # ---- called from the event loop ---------------------------------------------------------
     def reserve(self, rows: int) -> None:
@@ -128,6 +133,9 @@ class Scheduler:
             chunks = self._schedule()
             if chunks is None:
                 return
+            if not chunks and not self.cohorts:
+                self.shadow.step()  # [shadow] idle: one layer of shadow work
+                continue
             started = now()
             self._admit(chunks)
             self._run_round()
@@ -138,6 +146,8 @@ class Scheduler:
             while not self.cohorts and not self.pending:
                 if self.stopped or self.abort:
                     return None
+                if self.shadow.has_work():  # [shadow] idle work, below live traffic
+                    return []
                 self.cond.wait(0.5)
             if self.abort:
                 return None
@@ -308,6 +318,8 @@ class Scheduler:
                 h.set_row(e.row.index, r)
                 self.sink.record_sample(SampleStats(served.name, c.policy_name, e.layer,
                                                     served.num_exits, e.budget_forced))
+            # [shadow] answered already; sampled early rows may run on later, when idle
+            self.shadow.capture(served, c, batch, out.exited, busy=self.pending_rows > 0)
         return [out.cohort] if out.cohort is not None else []
 
     def _out_of_memory(self, cohorts: list[Cohort]) -> list[Cohort]:

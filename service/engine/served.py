@@ -44,6 +44,7 @@ class ServedModel:
     default_policy: str
     device: str
     step_cost: StepCost
+    live: Any = None  # service.engine.live.LiveAgreement when shadow checks are on
     _policies: dict[PolicyKey, ExitPolicy] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -115,10 +116,13 @@ class ServedModel:
         return pol
 
     def info(self) -> ModelInfo:
-        """The manifest's view of the model (built once) plus the live step-time estimate."""
+        """The manifest's view of the model (built once) plus the live step-time estimate and
+        the live agreement of shadow checks (beside the calibrated operating points)."""
         static = self._static_info
-        return replace(static, details={**static.details,
-                                        "live_step_ms": round(self.step_cost.seconds * 1e3, 4)})
+        extra: dict[str, Any] = {"live_step_ms": round(self.step_cost.seconds * 1e3, 4)}
+        if self.live is not None:
+            extra["live_agreement"] = self.live.snapshot()
+        return replace(static, details={**static.details, **extra})
 
     @functools.cached_property
     def _static_info(self) -> ModelInfo:

@@ -36,8 +36,10 @@ pytestmark = [
                        "(scripts/ci_tools.sh installs Debian's prometheus)"),
 ]
 ROOT = Path(__file__).resolve().parents[2]
-# caption series need a captioning model; the tiny text artifact has none
-NO_TRAFFIC = ("eeserve_caption_", "eeserve_token_exit_layer")
+# caption series need a captioning model; the tiny text artifact has none; retuning moves
+# thresholds only when a promise is proven broken, which this traffic need not do
+NO_TRAFFIC = ("eeserve_caption_", "eeserve_token_exit_layer", "eeserve_token_shadow_",
+              "eeserve_retune_")
 
 
 def _sources() -> Any:
@@ -88,7 +90,9 @@ def stop(proc: subprocess.Popen) -> None:
 def eeserve_url(tiny_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = open(tmp_path_factory.mktemp("eeserve") / "serve.log", "w")  # noqa: SIM115
-    env = {**os.environ, "EESERVE_TORCH_THREADS": "1", "EESERVE_LOG_JSON": "false"}
+    env = {**os.environ, "EESERVE_TORCH_THREADS": "1", "EESERVE_LOG_JSON": "false",
+           "EESERVE_SHADOW_RATE": "1.0", "EESERVE_SHADOW_MIN_SUPPORT": "5",
+           "EESERVE_ADAPT": "true"}
     proc = subprocess.Popen([sys.executable, "-m", "service", "serve", str(tiny_artifact),
                              "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -165,8 +169,14 @@ def traffic(eeserve_url: str, prometheus_url: str) -> None:
     with httpx.Client(base_url=eeserve_url, trust_env=False, timeout=10) as c:
         for _ in range(5):
             assert c.post("/v1/classify", json={"inputs": []}).status_code in (400, 422)
+        for t in texts * 5:  # one at a time: the engine idles between them, shadow work runs
+            body = {"inputs": t, "policy": "maxprob", "params": {"threshold": 0.5},
+                    "shadow": True}
+            assert c.post("/v1/classify", json=body).status_code == 200
     wait_for(lambda: query(prometheus_url, "eeserve_budget_forced_exits_total"), 30,
              "budget-forced exits scraped")
+    wait_for(lambda: query(prometheus_url, 'eeserve_shadow_support{exit="all"}'), 30,
+             "live agreement scraped")
     time.sleep(4)  # a few more scrapes, so rate() windows hold several samples
 
 
@@ -200,5 +210,18 @@ def test_values_match_the_traffic(prometheus_url, traffic):
     full = query(prometheus_url, 'sum(eeserve_exit_layer_bucket{policy="none", le="2.5"})')
     assert float(full[0]["value"][1]) <= float(query(
         prometheus_url, 'sum(eeserve_budget_forced_exits_total{policy="none"})')[0]["value"][1])
+    checks = query(prometheus_url, 'sum(eeserve_shadow_checks_total{policy=~"maxprob.*"})')
+    assert float(checks[0]["value"][1]) >= 20  # every early answer of the shadow requests
     up = query(prometheus_url, 'up{job="eeserve"}')
     assert up and up[0]["value"][1] == "1"
+
+
+def test_models_show_live_agreement_beside_the_operating_point(eeserve_url, traffic):
+    body = httpx.get(f"{eeserve_url}/v1/models", timeout=10, trust_env=False).json()
+    details = body["models"][0]["details"]
+    assert "operating_points" in details
+    live = details["live_agreement"]
+    assert live["shadow_rate"] == 1.0 and live["adapt"] is True
+    custom = [v for k, v in live["policies"].items() if k.startswith("maxprob~")]
+    assert custom and custom[0]["all"]["checks"] >= 20
+    assert 0.0 <= custom[0]["all"]["lower"] <= custom[0]["all"]["upper"] <= 1.0

@@ -85,6 +85,11 @@ class FakeEngine:
     async def caption(self, req: CaptionRequest) -> list[CaptionResult]:
         raise NotReady("no captioner")
 
+    async def reset_retuning(self, model: str) -> int:
+        if model not in {m.name for m in self.models()}:
+            raise UnknownModel(f"unknown model {model!r}", "name")
+        return 0
+
     async def caption_stream(self, req: CaptionRequest) -> AsyncIterator[CaptionEvent]:
         raise NotReady("no captioner")
         yield  # pragma: no cover

@@ -176,3 +176,19 @@ def test_full_queue_is_shed_before_the_body_is_read() -> None:
         assert c.get("/healthz").status_code == 200
         text = c.get("/metrics").text
         assert 'status="overloaded"} 1.0' in text
+
+
+def test_retuning_reset_is_an_admin_route_behind_the_key() -> None:
+    with _client(api_key=SecretStr("s3cret")) as c:
+        assert c.post("/v1/models/fake/retuning/reset").status_code == 401
+        ok = {"authorization": "Bearer s3cret"}
+        r = c.post("/v1/models/fake/retuning/reset", headers=ok)
+        assert r.status_code == 200 and r.json() == {"model": "fake", "exits_reset": 0}
+        missing = c.post("/v1/models/nope/retuning/reset", headers=ok)
+        assert missing.status_code == 404 and missing.json()["field"] == "name"
+
+
+def test_classify_accepts_the_shadow_flag(client: TestClient) -> None:
+    assert client.post("/v1/classify", json={"inputs": "a", "shadow": True}).status_code == 200
+    bad = client.post("/v1/classify", json={"inputs": "a", "shadow": "yes"})
+    assert bad.status_code in (400, 422) and "shadow" in bad.text

@@ -123,3 +123,25 @@ def test_metrics_hold_exit_histogram_and_layer_counters(client: TestClient) -> N
     assert 'eeserve_exit_layer_bucket{le="2.5",model="tiny-text",policy="none"}' in text
     assert 'eeserve_layers_computed_total{model="tiny-text"}' in text
     assert "eeserve_loaded_models 1.0" in text
+
+
+def test_shadow_requests_show_up_as_live_agreement(client: TestClient) -> None:
+    import time
+
+    body = {"inputs": TEXTS, "policy": "maxprob", "params": {"threshold": 0.0}, "shadow": True}
+    r = client.post("/v1/classify", json=body)
+    assert r.status_code == 200 and {x["exit_layer"] for x in r.json()["results"]} == {1}
+    v2 = {"inputs": [{"name": "TEXT", "shape": [1], "datatype": "BYTES", "data": TEXTS[:1]}],
+          "parameters": {"policy": "maxprob", "threshold": 0.0, "shadow": True}}
+    assert client.post("/v2/models/tiny-text/infer", json=v2).status_code == 200
+    bad = {**v2, "parameters": {"shadow": "yes"}}
+    r = client.post("/v2/models/tiny-text/infer", json=bad)
+    assert r.status_code == 400 and r.json()["field"] == "parameters.shadow"
+    exits: dict = {}
+    for _ in range(100):  # the checks run while the engine is idle
+        live = client.get("/v1/models/tiny-text").json()["details"]["live_agreement"]
+        exits = next(iter(live["policies"].values()), {}).get("exits", {})
+        if exits.get("1", {}).get("checks") == 5:
+            break
+        time.sleep(0.05)
+    assert exits["1"]["checks"] == 5 and 0 <= exits["1"]["agreement"] <= 1

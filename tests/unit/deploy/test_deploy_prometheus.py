@@ -61,7 +61,7 @@ def test_prometheus_config_and_rules_check():
     r = promtool("check", "config", str(PROMETHEUS))
     assert r.returncode == 0, r.stdout + r.stderr
     r = promtool("check", "rules", str(ALERTS))
-    assert r.returncode == 0 and "6 rules found" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "7 rules found" in r.stdout, r.stdout + r.stderr
 
 
 @needs_promtool

@@ -93,3 +93,27 @@ def test_decoded_images_are_preprocessed_to_the_model_size(artifact: Path) -> No
     Image.new("RGB", (64, 48), (255, 0, 0)).save(big, format="JPEG")
     px = decode_images([png(), big.getvalue()], model.config.image)
     assert px.shape == (2, 3, 32, 32)
+
+
+def test_token_shadow_checks_match_full_depth_and_leave_the_state_unchanged(
+        artifact: Path) -> None:
+    """Early tokens are checked against the token the last layer picks from the same cache,
+    and the cache after a checked step equals the cache after an unchecked one."""
+    model = load_caption_artifact(artifact).model
+    L = model.num_exits
+    px = torch.randn(3, 3, 32, 32)
+    early = build_policy("maxprob", L, {"threshold": 0.0})
+    with torch.inference_mode():
+        a, b, c = (model.encode_images(px, capacity=4) for _ in range(3))
+        for s in (a, b, c):  # the same first token everywhere, at full depth
+            decode_token(model, s, build_policy("none", L))
+        plain = decode_token(model, a, early)
+        checked = decode_token(model, b, early, shadow=torch.tensor([True, False, True]))
+        full = decode_token(model, c, build_policy("none", L))
+    assert plain.checks == []
+    assert [k for k, _ in checked.checks] == [1, 1]
+    assert torch.equal(plain.tokens, checked.tokens)
+    for ka, kb in zip(a.keys + a.values, b.keys + b.values, strict=True):
+        assert torch.equal(ka, kb)
+    expected = [bool(full.tokens[i] == checked.tokens[i]) for i in (0, 2)]
+    assert [ok for _, ok in checked.checks] == expected
