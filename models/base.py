@@ -70,6 +70,17 @@ class Encoded:
     truncated: list[bool]  # whether each text was cut to the model's max length
 
 
+def common_layer(batches: Sequence[ExitBatch]) -> int:
+    """The layer every batch is at (ValueError when there are none or they differ): what
+    `concatenate` checks before merging."""
+    if not batches:
+        raise ValueError("concatenate needs at least one batch")
+    layers = {b.layer for b in batches}
+    if len(layers) != 1:
+        raise ValueError(f"cannot concatenate batches at different layers {sorted(layers)}")
+    return batches[0].layer
+
+
 @runtime_checkable
 class StepModel(Protocol):
     """The execution seam between the engine and a runtime (torch eager, ONNX Runtime, ...).

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.base import Encoded, StepOutput
+from models.base import Encoded, StepOutput, common_layer
 from models.text_classifier import TextClassifierConfig
 
 
@@ -60,11 +60,7 @@ class NumpyTextBatch:
     @classmethod
     def concatenate(cls, batches: Sequence[NumpyTextBatch]) -> NumpyTextBatch:
         """Merge batches at the same layer, right-padding to the longest sequence."""
-        if not batches:
-            raise ValueError("concatenate needs at least one batch")
-        layers = {b.layer for b in batches}
-        if len(layers) != 1:
-            raise ValueError(f"cannot concatenate batches at different layers {sorted(layers)}")
+        common_layer(batches)
         t = max(b.hidden.shape[1] for b in batches)
         hidden = np.concatenate([_pad(b.hidden, t) for b in batches])  # (sum B_i, t, H)
         mask = np.concatenate([_pad(b.mask, t) for b in batches])  # (sum B_i, t)

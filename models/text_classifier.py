@@ -31,7 +31,7 @@ from transformers import (
 )
 from transformers.masking_utils import create_bidirectional_mask
 
-from models.base import Encoded, StepOutput
+from models.base import Encoded, StepOutput, common_layer
 
 
 @dataclass(frozen=True)
@@ -66,11 +66,7 @@ class TextBatch:
     @classmethod
     def concatenate(cls, batches: Sequence[TextBatch]) -> TextBatch:
         """Merge batches at the same layer, right-padding to the longest sequence."""
-        if not batches:
-            raise ValueError("concatenate needs at least one batch")
-        layers = {b.layer for b in batches}
-        if len(layers) != 1:
-            raise ValueError(f"cannot concatenate batches at different layers {sorted(layers)}")
+        common_layer(batches)
         t = max(b.hidden.shape[1] for b in batches)
         hs, ms = [], []
         for b in batches:
