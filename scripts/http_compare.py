@@ -9,7 +9,8 @@ of the answers, and the server process's CPU use (cores busy, from /proc). Media
 
 Targets: `peer-onnx` (eeserve peer --runtime onnx: FastAPI + ONNX Runtime, whole graph, dynamic
 batching), `onnx:POLICY` / `torch:POLICY` (eeserve serve --backend ...), `onnx2:POLICY` (onnx
-with 2 intra-op threads), `int8:POLICY` (onnx int8), `infinity` (infinity-emb
+with 2 intra-op threads), `onnxseq:POLICY` (onnx, one layer call at a time), `int8:POLICY`
+(onnx int8), `infinity` (infinity-emb
 torch engine from a throwaway venv given by --infinity-venv, serving --hf-dir).
 
     OMP_WAIT_POLICY=PASSIVE python scripts/http_compare.py artifacts/text-default \
@@ -119,6 +120,10 @@ def servers_for(args: argparse.Namespace, logs: Path) -> dict[str, Server]:
         out["onnx2"] = start("onnx2", [*ee, "serve", art, "--device", "cpu", "--backend",
                                        "onnx", "--onnx-threads", "2", *common],
                              logs / "onnx2.log")
+    if "onnxseq" in wanted:  # the round's layer calls one after another (parallel_steps=1)
+        out["onnxseq"] = start("onnxseq", [*ee, "serve", art, "--device", "cpu", "--backend",
+                                           "onnx", *common], logs / "onnxseq.log",
+                               env={"EESERVE_PARALLEL_STEPS": "1"})
     if "int8" in wanted:
         out["int8"] = start("int8", [*ee, "serve", art, "--device", "cpu", "--backend", "onnx",
                                      "--precision", "int8", *common], logs / "int8.log")

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     onnx_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads per "
                               "layer call (1 measured best on 2 cores: see docs/BENCHMARKS.md)")
     onnx_spinning: bool = Field(False, description="let ONNX Runtime threads spin-wait")
+    parallel_steps: int = Field(2, ge=1, le=16, description="onnx: layer calls of one engine "
+                                "round (cohorts at different layers) run this many at a time; "
+                                "1 = one after another on the worker thread")
 
     # ---- shadow checks, drift alarm and guarded retuning (service/engine/shadow.py) ----------
     shadow_rate: float = Field(0.01, ge=0.0, le=1.0, description="share of rows that, after "

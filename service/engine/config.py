@@ -44,6 +44,7 @@ class EngineConfig:
     precision: str = "fp32"  # onnx: fp32 or int8
     onnx_threads: int = 1
     onnx_spinning: bool = False
+    parallel_steps: int = 2  # model calls of one round run this many at a time (onnx only)
     shadow: ShadowConfig = ShadowConfig()
 
     @classmethod
@@ -54,7 +55,8 @@ class EngineConfig:
                    admit_wait_rounds=s.admit_wait_rounds, catch_up_rounds=s.catch_up_rounds,
                    request_timeout_ms=s.request_timeout_ms, long_text=s.long_text,
                    torch_threads=s.torch_threads, backend=s.backend, precision=s.precision,
-                   onnx_threads=s.onnx_threads, onnx_spinning=s.onnx_spinning, shadow=ShadowConfig(
+                   onnx_threads=s.onnx_threads, onnx_spinning=s.onnx_spinning,
+                   parallel_steps=s.parallel_steps, shadow=ShadowConfig(
                        rate=s.shadow_rate, model_rates=tuple(sorted(s.shadow_model_rates.items())),
                        max_rows=s.shadow_max_rows, max_age_s=s.shadow_max_age_s,
                        window=s.shadow_window, confidence=s.shadow_confidence,

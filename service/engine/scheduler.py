@@ -17,13 +17,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import torch
 
-from models.base import Encoded, MergeableBatch
+from models.base import Encoded, MergeableBatch, StepModel
 from service.engine.cohort import (
     Cohort,
     Row,
@@ -55,6 +56,35 @@ class Ran(Generic[T]):
 
 
 @dataclass(frozen=True)
+class Job:
+    """One model call of a round: cohorts of one model at one layer, with or without heads."""
+
+    served: ServedModel
+    cohorts: list[Cohort]
+    head: bool
+
+
+@dataclass(frozen=True)
+class Called:
+    """What a model call returned (or raised), and how long it took."""
+
+    value: Any
+    error: BaseException | None
+    seconds: float
+
+
+def _call(job: Job) -> Called:
+    """Run one layer for a job's cohorts (any thread: no engine state is touched)."""
+    t0 = now()
+    fn = run_group if job.head else advance_group
+    try:
+        model = cast(StepModel, job.served.model)  # a text model (checked when queued)
+        return Called(fn(model, job.cohorts), None, now() - t0)
+    except Exception as e:  # noqa: BLE001 -- handled by the worker thread (_finish)
+        return Called(None, e, now() - t0)
+
+
+@dataclass(frozen=True)
 class Chunk:
     handle: RequestHandle
     start: int  # first row of the request in this chunk
@@ -79,6 +109,8 @@ class Scheduler:
         self.last_arrival: float | None = None
         self.gap_ema_s = float("inf")  # smoothed time between request arrivals
         # [shadow] sampled early-exited rows run on to the last exit when the engine is idle
+        self.pool = ThreadPoolExecutor(cfg.parallel_steps, thread_name_prefix="eeserve-step") \
+            if cfg.parallel_steps > 1 else None  # see _call_all
         self.shadow = ShadowRunner(models, cfg.shadow, sink,
                                    {n: m.live for n, m in models.items() if m.live is not None},
                                    cfg.max_batch_size)
@@ -132,6 +164,8 @@ class Scheduler:
         while True:
             chunks = self._schedule()
             if chunks is None:
+                if self.pool is not None:
+                    self.pool.shutdown(wait=False)
                 return
             if not chunks and not self.cohorts:
                 self.shadow.step()  # [shadow] idle: one layer of shadow work
@@ -239,7 +273,7 @@ class Scheduler:
                 rows.append(Row(h, i, t, end, [] if h.return_trace else None))
         batch = batches[0] if len(batches) == 1 else concatenate(batches)
         policy = group[0].handle.policy_obj
-        state = policy.init_state(len(rows), served.model.device)
+        state = policy.init_state(len(rows), getattr(served.model, "device", "cpu"))
         return Cohort(served.name, group[0].handle.policy.name, policy, batch, state, rows)
 
     def _run_round(self) -> None:
@@ -253,11 +287,27 @@ class Scheduler:
             c.skipped = 0
             head = c.needs_head(self.models[c.model].num_exits)
             groups[(c.model, c.layer, head)].append(c)
-        for (model_name, _, head), cohorts in groups.items():
-            for part in _cap(cohorts, self.row_cap):
-                step = self._step if head else self._advance
-                survivors.extend(step(self.models[model_name], part))
+        jobs = [Job(self.models[name], part, head) for (name, _, head), cohorts in groups.items()
+                for part in _cap(cohorts, self.row_cap)]
+        for job, called in zip(jobs, self._call_all(jobs), strict=True):
+            ran = self._finish(job, called)
+            if ran.value is None:
+                survivors.extend(ran.retry)
+            elif job.head:
+                survivors.extend(self._after_step(job.served, job.cohorts, ran.value))
+            else:
+                survivors.extend(replace(c, batch=b)
+                                 for c, b in zip(job.cohorts, ran.value, strict=True))
         self.cohorts = _merge(survivors, self.row_cap)
+
+    def _call_all(self, jobs: list[Job]) -> list[Called]:
+        """Run this round's model calls: on the worker thread, or -- when there are several and
+        every model's layer call releases the GIL (onnx) -- `parallel_steps` at a time, so
+        cohorts at different layers use both cores. Decisions stay on the worker thread."""
+        if self.pool is None or len(jobs) < 2 or \
+                any(getattr(j.served.model, "backend", "") != "onnx" for j in jobs):
+            return [_call(j) for j in jobs]
+        return list(self.pool.map(_call, jobs))
 
     def _runs_now(self, c: Cohort) -> bool:
         """Catch-up scheduling: the least advanced cohorts of a model run, deeper ones wait for
@@ -270,34 +320,21 @@ class Scheduler:
         lowest = min(o.layer for o in self.cohorts if o.model == c.model)
         return c.layer == lowest
 
-    def _run_model(self, served: ServedModel, cohorts: list[Cohort],
-                   fn: Callable[[Any, list[Cohort]], T]) -> Ran[T]:
-        """Run `fn(model, cohorts)` for one layer, timed. A failure fails only these requests;
+    def _finish(self, job: Job, called: Called) -> Ran[Any]:
+        """A model call's outcome, on the worker thread. A failure fails only these requests;
         out of memory hands the cohorts back split, for the next round."""
-        t0 = now()
-        try:
-            out = fn(served.model, cohorts)
-        except torch.OutOfMemoryError:
-            return Ran(None, self._out_of_memory(cohorts))
-        except Exception as e:  # noqa: BLE001 -- fail only the requests in this step
-            self._fail([r.handle for c in cohorts for r in c.rows], e)
+        if isinstance(called.error, torch.OutOfMemoryError):
+            return Ran(None, self._out_of_memory(job.cohorts))
+        if called.error is not None:
+            self._fail([r.handle for c in job.cohorts for r in c.rows], called.error)
             return Ran(None, [])
-        self.sink.record_iteration(IterationStats(served.name, sum(len(c) for c in cohorts),
-                                                  cohorts[0].layer + 1, now() - t0))
-        return Ran(out, [])
+        self.sink.record_iteration(IterationStats(job.served.name,
+                                                  sum(len(c) for c in job.cohorts),
+                                                  job.cohorts[0].layer + 1, called.seconds))
+        return Ran(called.value, [])
 
-    def _advance(self, served: ServedModel, cohorts: list[Cohort]) -> list[Cohort]:
-        """A layer where no row can exit: no head, no policy, rows unchanged."""
-        ran = self._run_model(served, cohorts, advance_group)
-        if ran.value is None:
-            return ran.retry
-        return [replace(c, batch=b) for c, b in zip(cohorts, ran.value, strict=True)]
-
-    def _step(self, served: ServedModel, cohorts: list[Cohort]) -> list[Cohort]:
-        ran = self._run_model(served, cohorts, run_group)
-        if ran.value is None:
-            return ran.retry
-        outs = ran.value
+    def _after_step(self, served: ServedModel, cohorts: list[Cohort],
+                    outs: list[tuple[torch.Tensor, MergeableBatch]]) -> list[Cohort]:
         kept = []
         for c, (logits, batch) in zip(cohorts, outs, strict=True):
             try:

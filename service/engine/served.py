@@ -6,7 +6,7 @@ import functools
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 from models.base import StepModel
 from models.captioner import MultiExitCaptioner
@@ -61,10 +61,9 @@ class ServedModel:
     @property
     def text_model(self) -> StepModel:
         """The model as a text step model (any backend); TypeError when it is a captioner."""
-        model = self.model
-        if isinstance(model, MultiExitCaptioner) or not isinstance(model, StepModel):
+        if self.loaded.kind == "captioner" or isinstance(self.model, MultiExitCaptioner):
             raise TypeError(f"model {self.name!r} is a {self.loaded.kind}, not a text classifier")
-        return model
+        return cast(StepModel, self.model)  # any backend's step model (models/base.py)
 
     @property
     def captioner(self) -> MultiExitCaptioner:
