@@ -70,7 +70,11 @@ def load_classifier(path: str | Path) -> tuple[Any, Any, str]:
     except (OSError, ValueError, TypeError):
         raise ValueError(f"--from-classifier {path}: no tokenizer (save it next to the model "
                          "with tokenizer.save_pretrained)") from None
-    clf = AutoModelForSequenceClassification.from_pretrained(str(p)).eval()
+    try:
+        clf = AutoModelForSequenceClassification.from_pretrained(str(p)).eval()
+    except OSError as e:
+        raise ValueError(f"--from-classifier {path}: cannot load the weights "
+                         f"({str(e).splitlines()[0]})") from None
     return clf, tok, HF_HEAD_KINDS[cfg.model_type]
 
 
@@ -116,7 +120,8 @@ def cache_features(model: MultiExitTextClassifier, split: TextSplit,
                    cfg: HeadTrainConfig) -> Features:
     """One pass of the frozen encoder: pooled features of layers 1..L-1 and the last exit."""
     model.eval()
-    n, k, h = len(split), model.num_exits, int(model.backbone.config.hidden_size)
+    backbone: Any = model.backbone
+    n, k, h = len(split), model.num_exits, int(backbone.config.hidden_size)
     pooled = torch.empty(n, k - 1, h)
     teacher = torch.empty(n, model.config.num_labels)
     order = sorted(range(n), key=lambda i: len(split.texts[i]))
@@ -154,6 +159,7 @@ def train_heads(model: MultiExitTextClassifier, train: Features, val: Features,
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     heads = model.heads[:-1]
+    exit_heads = [h for h in heads if isinstance(h, ExitHead)]
     opt = torch.optim.AdamW(heads.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay)
     t = cfg.temperature
     best = [-1.0] * len(heads)
@@ -168,7 +174,7 @@ def train_heads(model: MultiExitTextClassifier, train: Features, val: Features,
             y = train.labels[idx]  # (b,)
             target = F.softmax(train.teacher[idx] / t, dim=-1)  # (b, C)
             loss = torch.zeros(())
-            for i, h in enumerate(heads):
+            for i, h in enumerate(exit_heads):
                 logits = _pooled_logits(h, train.pooled[idx, i])  # (b, C)
                 kl = F.kl_div(F.log_softmax(logits / t, -1), target, reduction="batchmean")
                 loss = loss + F.cross_entropy(logits, y) + cfg.distill * t * t * kl

@@ -18,6 +18,8 @@ live in the HF model's state dict (for `eeserve export --format hf`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from transformers import PretrainedConfig
@@ -91,18 +93,18 @@ def build_hf_head(kind: str, config: PretrainedConfig) -> nn.Module:
     raise ValueError(f"unknown classifier head {kind!r}; known: {sorted(HF_HEAD_KINDS.values())}")
 
 
-def head_from_classifier(kind: str, clf: nn.Module) -> nn.Module:
+def head_from_classifier(kind: str, clf: Any) -> nn.Module:
     """Wrap the head modules of a loaded sequence classifier (shared, not copied)."""
     if kind == "hf-bert":
         base = getattr(clf, clf.base_model_prefix)
-        head = BertHead(clf.config)
-        head.pooler, head.dropout, head.classifier = base.pooler, clf.dropout, clf.classifier
-        return head
+        bert = BertHead(clf.config)
+        bert.pooler, bert.dropout, bert.classifier = base.pooler, clf.dropout, clf.classifier
+        return bert
     if kind == "hf-distilbert":
-        head = DistilBertHead(clf.config)
-        head.pre_classifier, head.classifier = clf.pre_classifier, clf.classifier
-        head.dropout = clf.dropout
-        return head
+        distil = DistilBertHead(clf.config)
+        distil.pre_classifier, distil.classifier = clf.pre_classifier, clf.classifier
+        distil.dropout = clf.dropout
+        return distil
     if kind in _TOKEN_ZERO:
         return TokenZeroHead(clf.classifier)
     raise ValueError(f"unknown classifier head {kind!r}; known: {sorted(HF_HEAD_KINDS.values())}")
