@@ -184,11 +184,11 @@ def train_heads(model: MultiExitTextClassifier, train: Features, val: Features,
         heads.eval()
         accs = exit_accuracy(exits_from_features(model, val), val.labels)
         history.append({"epoch": epoch + 1, "loss": float(loss.item()), "val_exits": accs})
-        for i, h in enumerate(heads):
+        for i, head in enumerate(heads):
             if accs[i] > best[i]:
-                best[i], states[i] = accs[i], copy.deepcopy(h.state_dict())
-    for h, st in zip(heads, states, strict=True):
-        h.load_state_dict(st)
+                best[i], states[i] = accs[i], copy.deepcopy(head.state_dict())
+    for head, st in zip(heads, states, strict=True):
+        head.load_state_dict(st)
     model.eval()
     return history
 

@@ -41,7 +41,7 @@ class BertHead(nn.Module):
         p = config.classifier_dropout
         self.pooler = BertPooler(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob if p is None else p)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = nn.Linear(config.hidden_size, int(config.num_labels or 0))
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         pooled = self.pooler(hidden)  # (B, H): dense + tanh on token 0
@@ -54,7 +54,7 @@ class DistilBertHead(nn.Module):
     def __init__(self, config: PretrainedConfig):
         super().__init__()
         self.pre_classifier = nn.Linear(config.dim, config.dim)
-        self.classifier = nn.Linear(config.dim, config.num_labels)
+        self.classifier = nn.Linear(config.dim, int(config.num_labels or 0))
         self.dropout = nn.Dropout(config.seq_classif_dropout)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
