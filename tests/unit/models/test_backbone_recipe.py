@@ -75,3 +75,18 @@ def test_check_family_and_local_backbone_errors(tmp_path: Path) -> None:
         local_backbone(str(tmp_path / "nope"))
     with pytest.raises(ValueError, match="has no config.json"):
         local_backbone(str(tmp_path))
+
+
+def test_mpnet_artifact_with_the_old_unused_pooler_still_loads(tmp_path: Path,
+                                                               data_file: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "art"
+    build("backbone", BuildOptions(out=out, backbone=str(save_encoder("mpnet", tmp_path / "e")),
+                                   data_file=str(data_file), progress=False, device="cpu",
+                                   epochs=1, overrides={"max_length": 24}))
+    state = load_file(str(out / "model.safetensors"))
+    assert not any(k.startswith("backbone.pooler.") for k in state)
+    state["backbone.pooler.dense.weight"] = torch.zeros(32, 32)  # as saved before this change
+    save_file(state, str(out / "model.safetensors"))
+    assert load_text_artifact(out, verify=False).model.num_exits == 2
