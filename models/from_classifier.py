@@ -26,6 +26,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from models.backbones import check_family
 from models.data import DataError, TextDataset, TextSplit, load_data, sha256_file
 from models.hf_heads import HF_HEAD_KINDS, head_from_classifier
+from models.loading import resolve_device
 from models.recipes import BuildOptions, recipe, write_text
 from models.text_classifier import ExitHead, MultiExitTextClassifier, TextClassifierConfig
 from models.training import exit_accuracy
@@ -245,7 +246,9 @@ def from_classifier(opts: BuildOptions) -> dict[str, Any]:
     if opts.progress:
         print(f"[eeserve] caching features of {model.num_exits} layers for "
               f"{len(data.train) + len(data.val) + len(data.test)} texts", flush=True)
+    model.to(resolve_device(opts.device))  # the one encoder pass runs on the chosen device
     feats = [cache_features(model, s, cfg) for s in (data.train, data.val, data.test)]
+    model.cpu()  # the heads train on the cached (CPU) features
     cached_s = time.perf_counter() - start
     history = train_heads(model, feats[0], feats[1], cfg)
     seconds = time.perf_counter() - start
