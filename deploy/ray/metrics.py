@@ -26,6 +26,8 @@ class _Bound:
         self._metric, self._tags = metric, tags
 
     def inc(self, amount: float = 1.0) -> None:
+        if amount <= 0:  # Ray counters refuse 0 (prometheus_client uses it to pre-create series)
+            return
         self._metric.inc(amount, tags=self._tags)
 
     def observe(self, value: float) -> None:
