@@ -130,6 +130,27 @@ def enforce_last_exit(decision: Decision, k: int, num_exits: int) -> Decision:
     return decision
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """Who leaves at exit k, and why: the one per-layer decision of every loop."""
+
+    decision: Decision  # the policy's decision with the last-exit rule applied
+    exit_mask: torch.Tensor  # (B,) bool: rows that leave now
+    forced: torch.Tensor  # (B,) bool: rows that leave only because their latency budget ran out
+
+
+def decide(policy: ExitPolicy, state: PolicyState, k: int, logits: torch.Tensor, num_exits: int,
+           over_budget: torch.Tensor | None = None) -> Verdict:
+    """The per-layer decision shared by the text loop, the caption loop and the offline replay:
+    the policy steps, the last exit always fires, and a row whose budget cannot pay for one
+    more layer (`over_budget`, (B,) bool) is forced out here."""
+    d = enforce_last_exit(policy.step(state, k, logits), k, num_exits)
+    if over_budget is None:
+        return Verdict(d, d.exit_mask, torch.zeros_like(d.exit_mask))
+    forced = over_budget.to(d.exit_mask.device) & ~d.exit_mask  # (B,)
+    return Verdict(d, d.exit_mask | forced, forced)
+
+
 # ---- parameter checking helpers ------------------------------------------------------------
 def check_number(name: str, value: Any, lo: float = -math.inf, hi: float = math.inf) -> float:
     """A finite number within [lo, hi], else PolicyError naming the parameter and the limit."""

@@ -1,7 +1,8 @@
 """Replay a policy over cached exit logits (N, K, C), exactly as the engine runs it.
 
-The loop is the engine's: step on the rows still in flight, apply `enforce_last_exit`, record the
-rows that leave, filter the state. Results carry accuracy and speed-up helpers.
+The loop is the engine's: `decide` on the rows still in flight (policy + last-exit rule, the
+same function the engine loops use), record the rows that leave, filter the state. Results
+carry accuracy and speed-up helpers.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from policies.base import ExitPolicy, PolicyError, enforce_last_exit, probabilities
+from policies.base import ExitPolicy, PolicyError, decide, probabilities
 from policies.costs import ExitCosts, layer_costs
 
 
@@ -103,8 +104,8 @@ def replay(policy: ExitPolicy, logits: torch.Tensor, labels: torch.Tensor | None
         rows = torch.arange(start, min(start + step, n))  # (b,) global row ids in flight
         state = policy.init_state(len(rows))
         for k in range(1, k_max + 1):
-            d = enforce_last_exit(policy.step(state, k, logits[rows, k - 1]), k, k_max)
-            gone = d.exit_mask  # (b,)
+            v = decide(policy, state, k, logits[rows, k - 1], k_max)
+            d, gone = v.decision, v.exit_mask  # (b,)
             exits[rows[gone]] = k
             preds[rows[gone]] = d.prediction[gone]
             state, rows = d.state.filter(~gone), rows[~gone]

@@ -33,7 +33,7 @@ from PIL import Image
 from models.captioner import CaptionState, MultiExitCaptioner, TokenBatch
 from models.image_encoder import ImageConfig, preprocess
 from policies import ExitPolicy
-from policies.base import enforce_last_exit
+from policies.base import decide
 from service.engine.config import ShadowConfig
 from service.engine.handles import PolicyKey, now
 from service.engine.served import ServedModel
@@ -109,13 +109,14 @@ def decode_token(model: MultiExitCaptioner, state: CaptionState, policy: ExitPol
         logits = out.logits.float().cpu()  # (b', V')
         secs.append(time.perf_counter() - t0)
         rows.append(len(tb))
-        d = enforce_last_exit(policy.step(pstate, k, logits), k, L)
-        mask = d.exit_mask
+        late = None
         if budget_s is not None and k < L:
             spent = time.perf_counter() - start
-            late = (spent + layer_cost_s) > budget_s[tb.rows.cpu()]
-            forced[tb.rows.cpu()[late & ~mask]] = True
-            mask = mask | late
+            late = (spent + layer_cost_s) > budget_s[tb.rows.cpu()]  # (b',)
+        v = decide(policy, pstate, k, logits, L, late)
+        d, mask = v.decision, v.exit_mask
+        if late is not None:
+            forced[tb.rows.cpu()[v.forced]] = True
         if bool(mask.any()):
             ex = tb.filter(mask)
             tokens[ex.rows] = model.token_ids(d.prediction[mask])

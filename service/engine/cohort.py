@@ -1,8 +1,8 @@
 """A cohort: rows of one model and one policy at the same layer, stepped together.
 
     run:    out = model.step(cohort.batch, k)                # one layer + exit head k
-    update: decision = policy.step(state, k, out.logits)     # per-row verdicts
-            exits = decision | last exit | latency budget    # the engine's rules
+    update: v = decide(policy, state, k, out.logits, K, over_budget)   # policies/base.py:
+            exits = policy | last exit | latency budget          # the one per-layer rule
             resolve exited rows at once; keep the rest (batch, state and rows filtered)
 
 Cohorts of the same model at the same layer are stepped as one merged batch (`run_group`), so
@@ -18,7 +18,8 @@ from typing import cast
 import torch
 
 from models.base import MergeableBatch, StepModel
-from policies import ExitPolicy, PolicyState, enforce_last_exit
+from policies import ExitPolicy, PolicyState
+from policies.base import decide
 from service.engine.handles import RequestHandle
 from service.protocol import ClassifyResult, DeadlineExceeded, ExitTrace
 
@@ -122,15 +123,21 @@ def update(cohort: Cohort, logits: torch.Tensor, batch: MergeableBatch, num_exit
            next_step_s: float) -> UpdateOutcome:
     """Apply the policy and the engine's rules to one stepped cohort."""
     k = batch.layer
-    d = enforce_last_exit(cohort.policy.step(cohort.state, k, logits), k, num_exits)
-    verdict = torch.stack([d.exit_mask.long(), d.prediction.long()]).tolist()  # one copy/step
-    policy_exit, prediction = verdict
+    over = None
+    if any(r.budget_end is not None for r in cohort.rows):
+        over = torch.tensor([r.budget_end is not None and now + next_step_s > r.budget_end
+                             for r in cohort.rows])  # (B,) one more layer would not fit
+    v = decide(cohort.policy, cohort.state, k, logits, num_exits, over)
+    d = v.decision
+    verdict = torch.stack([v.exit_mask.long(), d.prediction.long(), v.forced.long()]).tolist()
+    leaving, prediction, forced_rows = verdict  # one copy to the host per step
     if any(r.trace is not None for r in cohort.rows):
         _append_traces(cohort.rows, k, logits, d.prediction, d.score)
     keep: list[bool] = []
     exited: list[Exited] = []
     dropped = 0
-    for row, leaves, pred in zip(cohort.rows, policy_exit, prediction, strict=True):
+    for row, leaves, pred, forced in zip(cohort.rows, leaving, prediction, forced_rows,
+                                         strict=True):
         if row.handle.done or row.handle.expired(now):
             if not row.handle.done:
                 row.handle.fail(DeadlineExceeded(
@@ -139,10 +146,9 @@ def update(cohort: Cohort, logits: torch.Tensor, batch: MergeableBatch, num_exit
             keep.append(False)
             dropped += 1
             continue
-        forced = (not leaves and row.budget_end is not None and now + next_step_s > row.budget_end)
-        if leaves or forced:
-            exited.append(Exited(row, k, int(pred), forced))
-        keep.append(not (leaves or forced))
+        if leaves:
+            exited.append(Exited(row, k, int(pred), bool(forced)))
+        keep.append(not leaves)
     survivors = None
     if all(keep):  # nobody left: no copies, the layer mask stays cached
         survivors = Cohort(cohort.model, cohort.policy_name, cohort.policy, batch, d.state,
