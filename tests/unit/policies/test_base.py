@@ -103,3 +103,19 @@ def test_check_thresholds_names_the_bad_entry() -> None:
 def test_num_exits_must_be_positive() -> None:
     with pytest.raises(PolicyError, match="num_exits must be >= 1, got 0"):
         build_policy("none", 0)
+
+
+def test_decide_applies_last_exit_and_budget_in_one_place() -> None:
+    from policies.base import decide
+
+    pol = build_policy("maxprob", 3, {"threshold": 0.9})
+    logits = torch.tensor([[5.0, 0.0], [0.1, 0.0], [0.2, 0.0]])  # row 0 confident only
+    state = pol.init_state(3)
+    v = decide(pol, state, 1, logits, 3)
+    assert v.exit_mask.tolist() == [True, False, False] and not v.forced.any()
+    over = torch.tensor([True, True, False])  # row 0 leaves anyway: not counted as forced
+    v = decide(pol, state, 1, logits, 3, over)
+    assert v.exit_mask.tolist() == [True, True, False]
+    assert v.forced.tolist() == [False, True, False]
+    v = decide(pol, state, 3, logits, 3, over)  # the last exit: everyone leaves, none forced
+    assert v.exit_mask.all() and not v.forced.any()
