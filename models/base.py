@@ -81,6 +81,18 @@ def common_layer(batches: Sequence[ExitBatch]) -> int:
     return batches[0].layer
 
 
+def stepwise_exit_logits(model: StepModel, enc: Encoded) -> torch.Tensor:
+    """(B, L, C) logits of every exit through a step model's own `embed` / `step` path (no row
+    leaves): what `all_exit_logits` is on every backend."""
+    batch = model.embed(enc)
+    outs = []
+    for k in range(1, model.num_exits + 1):
+        out = model.step(batch, k)
+        outs.append(out.logits)
+        batch = out.batch
+    return torch.stack(outs, dim=1)  # (B, L, C)
+
+
 @runtime_checkable
 class StepModel(Protocol):
     """The execution seam between the engine and a runtime (torch eager, ONNX Runtime, ...).
@@ -98,9 +110,11 @@ class StepModel(Protocol):
     """
 
     backend: str
-    precision: str
     tokenizer: Any
     config: Any  # TextClassifierConfig: num_labels, max_length
+
+    @property
+    def precision(self) -> str: ...
 
     @property
     def num_exits(self) -> int: ...

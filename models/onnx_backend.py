@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.base import Encoded, StepOutput, common_layer
+from models.base import Encoded, StepOutput, common_layer, stepwise_exit_logits
 from models.text_classifier import TextClassifierConfig
 
 
@@ -159,13 +159,7 @@ class OnnxTextModel:
         return NumpyTextBatch(hidden, batch.mask, k, batch._lengths)
 
     def all_exit_logits(self, enc: Encoded) -> torch.Tensor:
-        batch = self.embed(enc)
-        outs = []
-        for k in range(1, self.num_exits + 1):
-            out = self.step(batch, k)
-            outs.append(out.logits)
-            batch = out.batch  # type: ignore[assignment]
-        return torch.stack(outs, dim=1)  # (B, L, C)
+        return stepwise_exit_logits(self, enc)  # (B, L, C)
 
 
 def onnxruntime_available() -> bool:

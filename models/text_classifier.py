@@ -33,7 +33,7 @@ from transformers import (
 )
 from transformers.masking_utils import create_bidirectional_mask
 
-from models.base import Encoded, StepOutput, common_layer
+from models.base import Encoded, StepOutput, common_layer, stepwise_exit_logits
 
 
 @dataclass(frozen=True)
@@ -249,13 +249,7 @@ class MultiExitTextClassifier(nn.Module):
     @torch.inference_mode()
     def all_exit_logits(self, enc: Encoded) -> torch.Tensor:
         """(B, L, C) logits of every exit, computed with the stepwise path."""
-        batch = self.embed(enc)
-        outs = []
-        for k in range(1, self.num_exits + 1):
-            o = self.step(batch, k)
-            outs.append(o.logits)
-            batch = o.batch  # type: ignore[assignment]
-        return torch.stack(outs, dim=1)
+        return stepwise_exit_logits(self, enc)
 
 
 def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
