@@ -95,7 +95,7 @@ def load_text_artifact(root: str | Path, device: str = "cpu", dtype: str = "floa
     if choice.backend != "torch":
         from models.onnx_loading import load_onnx, onnx_refusal
 
-        why = onnx_refusal(root, manifest, choice.precision, on_cpu, precision_check)
+        why = onnx_refusal(root, manifest, choice.precision, on_cpu, precision_check, verify)
         if why is None:
             model, served = load_onnx(root, manifest, tokenizer, head, choice)
             return LoadedModel(name, TEXT_KIND, model, served, root, "onnx",
