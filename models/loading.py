@@ -74,8 +74,9 @@ def load_text_artifact(root: str | Path, device: str = "cpu", dtype: str = "floa
                        precision_check: bool = True) -> LoadedModel:
     """Load a text artifact after checking its manifest and hashes, on the chosen backend.
 
-    torch: eval mode, on `device`. onnx: the artifact's per-layer graphs (models/onnx_export.py),
-    refused with a one-line reason when missing, tampered, stale or failing parity, or when
+    torch: eval mode, on `device`. onnx: the artifact's per-layer graphs
+    (models/build/onnx_export.py), refused with a one-line reason when missing, tampered, stale
+    or failing parity, or when
     the precision has no calibration (unless `precision_check` is off: calibrating it).
     auto: onnx on a CPU when that would load, else torch.
     """

@@ -2,7 +2,7 @@
 already answers. Torch-free.
 
 `eeserve serve` with no directory serves what is built and hands the rest to a `Builder`: each
-job runs `python -m service.commands.build_worker` (nice 10, its own torch threads and GIL), which
+job runs `python -m tools.commands.build_worker` (nice 10, its own torch threads and GIL), which
 writes a small progress file (models/progress.py) and renames its staging directory to the
 artifact directory when complete. The builder polls that file once a second for /readyz,
 /v1/models and the playground page, and hands each finished artifact to `on_built` (the engine
@@ -172,7 +172,7 @@ class Builder:
                  extra={"model": job.name, "recipe": job.recipe, "log": str(job.log_file)})
         with job.log_file.open("w") as fh:
             self._proc = await asyncio.create_subprocess_exec(
-                self.python, "-m", "service.commands.build_worker", job.recipe, str(job.out),
+                self.python, "-m", "tools.commands.build_worker", job.recipe, str(job.out),
                 "--device", self.device, stdout=fh, stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,
                 env={**os.environ, build_progress.ENV: str(job.progress_file),
