@@ -13,7 +13,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.build.data import DataError, data_dir, pip_download, sha256_file
+from models.build.data import DataError, data_dir, pip_download
+from models.hashing import sha256_file
 
 
 @dataclass(frozen=True)

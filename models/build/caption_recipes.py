@@ -1,4 +1,4 @@
-"""Captioning recipes, registered on import by models.build.recipes.build.
+"""Captioning recipes (listed in the table `models.build.recipes.RECIPES`).
 
 `caption-default`: pretrained EfficientNet-Lite0 (PyPI; 160-px input → 5×5 = 25 image tokens)
     + a 6-layer GPT-2-style decoder (hidden 256, random init) trained by eeserve on **generated
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from transformers import GPT2LMHeadModel, VisionEncoderDecoderModel, ViTConfig, ViTModel
 
-from models.artifact import ExitLogits, read_manifest, save_exit_logits, write_manifest
+from models.artifact import ExitLogits, read_manifest, save_exit_logits
 from models.build.caption_data import (
     BOS,
     EOS,
@@ -40,8 +40,7 @@ from models.build.caption_training import (
     exit_token_logits,
     train_captioner,
 )
-from models.build.data import sha256_file
-from models.build.recipes import BuildOptions, _log, recipe
+from models.build.options import BuildOptions, log
 from models.caption_loading import (
     caption_vocab,
     efficientnet_captioner,
@@ -49,9 +48,9 @@ from models.caption_loading import (
     save_caption_artifact,
 )
 from models.captioner import CaptionerConfig, MultiExitCaptioner, tiny_decoder_config
+from models.hashing import sha256_file
 from models.image_encoder import ImageConfig, efficientnet_weights_path
 from models.loading import resolve_device
-from policies.names import CAPTION_DEFAULT_POLICY, CAPTION_POLICIES
 
 
 @torch.inference_mode()
@@ -87,11 +86,11 @@ def build_caption(opts: BuildOptions, name: str, model: MultiExitCaptioner,
     if opts.epochs is not None:
         cfg = replace(cfg, backbone_epochs=opts.epochs)
     model = model.to(resolve_device(opts.device))
-    _log(opts, f"training {name} on {model.device}: {len(data.train)} train / {len(data.val)} "
+    log(opts, f"training {name} on {model.device}: {len(data.train)} train / {len(data.val)} "
                f"val / {len(data.test)} test images, {model.num_exits} exits, "
                f"{len(model.config.vocab_ids)}-token caption vocabulary")
     res = train_captioner(model, data.train, cfg, progress=opts.progress)
-    _log(opts, f"trained in {res.seconds:.0f}s; caching per-token exit logits")
+    log(opts, f"trained in {res.seconds:.0f}s; caching per-token exit logits")
     splits, acc = {}, {}
     for split_name, split in (("val", data.val), ("test", data.test)):
         logits, gold = exit_token_logits(model, split, cfg.max_caption_tokens)
@@ -119,32 +118,15 @@ def build_caption(opts: BuildOptions, name: str, model: MultiExitCaptioner,
     opts.out.mkdir(parents=True, exist_ok=True)
     save_exit_logits(opts.out, splits)
     save_caption_artifact(model, opts.out, manifest)
-    _calibrate(opts)
-    _log(opts, f"wrote {opts.out}: last-exit token accuracy {acc['test'][-1]:.4f}, "
+    log(opts, f"wrote {opts.out}: last-exit token accuracy {acc['test'][-1]:.4f}, "
                f"per-exit {acc['test']}")
     return read_manifest(opts.out, verify=False)
-
-
-def _calibrate(opts: BuildOptions) -> None:
-    """Fit the per-token policies on the cached validation logits; maxprob becomes the default
-    when it fits (otherwise the artifact keeps `none`)."""
-    try:
-        from policies.fit.calibration import calibrate_artifact
-
-        calibrate_artifact(opts.out, CAPTION_POLICIES)
-        m = read_manifest(opts.out, verify=False)
-        if CAPTION_DEFAULT_POLICY in (m.get("policies") or {}):
-            m["default_policy"] = CAPTION_DEFAULT_POLICY
-            write_manifest(opts.out, m, rehash=False)
-    except Exception as e:  # noqa: BLE001 -- calibration is an extra; the artifact stands
-        _log(opts, f"calibration skipped ({type(e).__name__}: {e})".splitlines()[0])
 
 
 def _data(opts: BuildOptions, default: CaptionDataset) -> CaptionDataset:
     return load_coco(opts.data_file) if opts.data_file else default
 
 
-@recipe("caption-default")
 def caption_default(opts: BuildOptions) -> dict[str, Any]:
     """EfficientNet-Lite0 (pretrained) + 6-layer decoder on generated scenes (or --data COCO)."""
     torch.manual_seed(0)
@@ -183,7 +165,6 @@ def tiny_ved(vocab_size: int, image_size: int = 32, layers: int = 3
     return VisionEncoderDecoderModel(encoder=vit, decoder=dec)
 
 
-@recipe("tiny-caption")
 def tiny_caption(opts: BuildOptions) -> dict[str, Any]:
     """Random tiny ViT + 3-layer GPT-2 on 32-px generated scenes; seconds on a CPU."""
     torch.manual_seed(0)

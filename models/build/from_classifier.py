@@ -24,9 +24,11 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from models.build.backbones import check_family
-from models.build.data import DataError, TextDataset, TextSplit, load_data, sha256_file
-from models.build.recipes import BuildOptions, recipe, write_text
+from models.build.data import DataError, TextDataset, TextSplit, load_data
+from models.build.options import BuildOptions
+from models.build.text_recipes import write_text
 from models.build.training import exit_accuracy
+from models.hashing import sha256_file
 from models.hf_heads import HF_HEAD_KINDS, head_from_classifier
 from models.loading import resolve_device
 from models.text_classifier import ExitHead, MultiExitTextClassifier, TextClassifierConfig
@@ -223,7 +225,6 @@ def _config(opts: BuildOptions) -> HeadTrainConfig:
     return HeadTrainConfig(**o)
 
 
-@recipe("from-classifier")
 def from_classifier(opts: BuildOptions) -> dict[str, Any]:
     """Exits 1..L-1 for a fine-tuned classifier; its encoder and head are kept exactly."""
     if not opts.source:

@@ -22,9 +22,18 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.artifact import WEIGHTS, ArtifactError, read_manifest, write_manifest
+from models.artifact import (
+    WEIGHTS,
+    ArtifactError,
+    ExitLogits,
+    read_manifest,
+    save_exit_logits,
+    write_manifest,
+)
 from models.build.eval_texts import EvalTexts, load_eval_texts
 from models.build.onnx_graphs import OPSET, export_graphs
+from models.loading import BackendChoice, load_text_artifact
+from models.onnx_backend import OnnxTextModel
 
 PARITY_ATOL = 1e-4
 PARITY_LOGITS = "parity_logits.safetensors"  # {"torch", "onnx"}: (N, L, C) on the eval texts
@@ -63,8 +72,6 @@ def graph_dir(root: Path, precision: str) -> Path:
 def export_onnx(root: str | Path, precision: str = "fp32", progress: bool = True,
                 policy_check: PolicyCheck | None = None) -> ExportReport:
     """Export (fp32, or int8 from the fp32 graphs), check parity, record it in the manifest."""
-    from models.loading import load_text_artifact
-
     root = Path(root)
     if precision not in PRECISIONS:
         raise ArtifactError(f"--precision {precision!r}: choose one of {list(PRECISIONS)}")
@@ -115,8 +122,6 @@ def quantise_graphs(src: Path, dst: Path) -> list[str]:
 def check_parity(root: Path, loaded: Any, texts: EvalTexts, precision: str,
                  policy_check: PolicyCheck | None = None) -> dict[str, Any]:
     """Compare the graphs with the torch step path on the artifact's evaluation texts."""
-    from models.onnx_backend import OnnxTextModel
-
     onnx = OnnxTextModel(graph_dir(root, precision), loaded.model.num_exits,
                          loaded.model.tokenizer, loaded.model.config, precision)
     ref, got = all_logits(loaded.model, texts.texts), all_logits(onnx, texts.texts)
@@ -161,9 +166,6 @@ def cache_backend_logits(root: Path, backend: str, precision: str) -> tuple[str,
 
     Returns the file name and {split: ExitLogits}, for calibrating what will serve.
     """
-    from models.artifact import ExitLogits, save_exit_logits
-    from models.loading import BackendChoice, load_text_artifact
-
     loaded = load_text_artifact(root, backend=BackendChoice(backend, precision),
                                 precision_check=False)
     texts = load_eval_texts(root, loaded.manifest)

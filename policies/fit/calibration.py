@@ -1,7 +1,8 @@
 """Fit every policy on an artifact's cached validation logits and store the fits in its manifest.
 
-`calibrate_artifact(root)` reads `exit_logits.safetensors` (validation split) and the measured
-per-layer latency (`policies.costs.manifest_costs`), fits each policy, and writes
+`calibrate_artifact(root)` (a captioner: `calibrate_captioner(root)`, the per-token policies)
+reads `exit_logits.safetensors` (validation split) and the measured per-layer latency
+(`policies.costs.manifest_costs`), fits each policy, and writes
 
     manifest["policies"][name] = {"params": {...}, "operating_point": {...}, "fit": {...}}
     manifest["default_policy"] = the calibrated policy with the highest guarded validation cost
@@ -27,6 +28,7 @@ from typing import Any
 
 import torch
 
+from models.artifact import load_exit_logits, read_manifest, update_manifest, write_manifest
 from policies.base import ExitPolicy, PolicyError, check_int, check_number, probabilities
 from policies.beem import accuracy_weights, cost_weights
 from policies.costs import ExitCosts, manifest_costs
@@ -56,7 +58,14 @@ from policies.fit.sweep import (
 from policies.fit.sweep import operating_point as summarise
 from policies.guard import DEFAULT_GUARD, check_confidence, check_guard, use_guard
 from policies.max_softmax import MaxProbPolicy
-from policies.names import DEFAULT_POLICY, POLICY_NAMES, PolicyName, is_policy_name
+from policies.names import (
+    CAPTION_DEFAULT_POLICY,
+    CAPTION_POLICIES,
+    DEFAULT_POLICY,
+    POLICY_NAMES,
+    PolicyName,
+    is_policy_name,
+)
 from policies.patience import PatiencePolicy
 from policies.replay import replay, trace
 
@@ -406,8 +415,6 @@ def calibrate(data: Split, names: Iterable[str] | None = None,
 
 
 def load_split(root: str | Path, split: str, manifest: Mapping[str, Any]) -> Split:
-    from models.artifact import load_exit_logits
-
     cached = load_exit_logits(root, split)
     k = cached.num_exits
     return Split(cached.logits.double(), cached.labels.long(), manifest_costs(manifest, k))
@@ -419,8 +426,6 @@ def calibrate_artifact(root: str | Path, policies: Iterable[str] | None = None,
 
     Returns the updated manifest. Policies not named keep their previous calibration.
     """
-    from models.artifact import read_manifest, update_manifest
-
     manifest = read_manifest(root)
     data = load_split(root, "val", manifest)
     fits = calibrate(data, policies, config)
@@ -429,6 +434,19 @@ def calibrate_artifact(root: str | Path, policies: Iterable[str] | None = None,
     default = choose_default(stored) or manifest.get("default_policy", "none")
     return update_manifest(root, policies=stored, default_policy=default,
                            calibrated_on={"backend": "torch", "precision": "fp32"})
+
+
+def calibrate_captioner(root: str | Path, config: CalibrationConfig | None = None
+                        ) -> dict[str, Any]:
+    """Fit the per-token policies (`CAPTION_POLICIES`) on a captioner's cached validation
+    logits; `CAPTION_DEFAULT_POLICY` becomes the default when it fits (else the artifact keeps
+    its default). Returns the updated manifest."""
+    calibrate_artifact(root, CAPTION_POLICIES, config)
+    manifest = read_manifest(root, verify=False)
+    if CAPTION_DEFAULT_POLICY in (manifest.get("policies") or {}):
+        manifest["default_policy"] = CAPTION_DEFAULT_POLICY
+        write_manifest(Path(root), manifest, rehash=False)
+    return manifest
 
 
 def choose_default(stored: Mapping[str, Any]) -> str | None:

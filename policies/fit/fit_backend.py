@@ -19,6 +19,9 @@ from typing import Any
 
 import torch
 
+from models.artifact import load_exit_logits, read_manifest, write_manifest
+from models.build.onnx_export import cache_backend_logits
+from models.onnx_loading import calibration_key
 from policies.costs import manifest_costs
 from policies.fit.calibration import CalibrationConfig, Split, calibrate
 from policies.names import DEFAULT_POLICY
@@ -28,10 +31,6 @@ def calibrate_backend(root: str | Path, backend: str, precision: str,
                       names: Iterable[str] | None = None,
                       config: CalibrationConfig | None = None) -> dict[str, Any]:
     """Cache `backend`/`precision` exit logits, fit policies on them; returns the new entry."""
-    from models.artifact import read_manifest, write_manifest
-    from models.build.onnx_export import cache_backend_logits
-    from models.onnx_loading import calibration_key
-
     root = Path(root)
     manifest = read_manifest(root)
     file, splits = cache_backend_logits(root, backend, precision)
@@ -64,8 +63,6 @@ def calibrate_backend(root: str | Path, backend: str, precision: str,
 def reference_gap(root: Path, val_logits: torch.Tensor) -> float:
     """How much less accurate this backend's last exit is than the reference (torch fp32)
     last exit on the validation split (fraction; negative when it is better)."""
-    from models.artifact import load_exit_logits
-
     ref = load_exit_logits(root, "val")
     y = ref.labels.long()
     ref_acc = float((ref.logits[:, -1].argmax(-1) == y).double().mean())

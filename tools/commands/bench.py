@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from tools.cli import CliError
+from tools.errors import CliError
 
 DEFAULT_REQUESTS = 100  # keep in step with tools.loadtest.bench_cli
 

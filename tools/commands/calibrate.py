@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from policies.names import POLICY_NAMES
-from tools.cli import CliError
+from tools.errors import CliError
 
 GUARD_HELP = "guarded validation accuracy loss allowed vs the last exit, as a fraction " \
              "(default 0.005 = 0.5 points)"

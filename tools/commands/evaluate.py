@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tools.cli import CliError
 from tools.commands.calibrate import add_guard_options, guard_config, table
+from tools.errors import CliError
 
 if TYPE_CHECKING:
     from policies.fit.evaluation import CurvePoint, EvaluationReport

@@ -13,7 +13,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from tools.cli import CliError
+from tools.errors import CliError
 
 Exporter = Callable[[Path, argparse.Namespace], str]
 

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from tools.cli import CliError
+from tools.errors import CliError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

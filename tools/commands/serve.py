@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from service.building import BuildJob
-from tools.cli import CliError
+from tools.errors import CliError
 
 # measured whole builds on the 2-vCPU reference machine (docs/BENCHMARKS.md): the first guess
 # shown before a build's own training pace is known

@@ -12,8 +12,11 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
-from tools.cli import CliError
+from models.build.options import BuildOptions, log
+from tools.commands.calibrate import recheck_onnx
+from tools.errors import CliError
 
 DEFAULT_MODEL_DIR = Path(os.environ.get("EESERVE_DEFAULT_MODEL_DIR", "artifacts/text-default"))
 DEFAULT_CAPTION_DIR = Path(os.environ.get("EESERVE_CAPTION_MODEL_DIR",
@@ -97,7 +100,6 @@ def recipe_of(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from models.build.data import DATASETS
-    from models.build.recipes import BuildOptions, build
 
     if args.epochs is not None and args.epochs < 1:
         raise CliError(f"--epochs must be >= 1, got {args.epochs}")
@@ -109,11 +111,11 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--data {args.data}: no such file (nor a named dataset: "
                        f"{', '.join(DATASETS)})")
     try:
-        build(name, BuildOptions(out=args.out, device=args.device, data_file=args.data,
-                                 progress=not args.quiet, epochs=args.epochs,
-                                 freeze_backbone=args.freeze_backbone, backbone=args.backbone,
-                                 source=args.from_classifier, seed=args.seed,
-                                 overrides={**_overrides(args.set), **extra}))
+        build_artifact(name, BuildOptions(
+            out=args.out, device=args.device, data_file=args.data, progress=not args.quiet,
+            epochs=args.epochs, freeze_backbone=args.freeze_backbone, backbone=args.backbone,
+            source=args.from_classifier, seed=args.seed,
+            overrides={**_overrides(args.set), **extra}))
     except ValueError as e:
         if type(e) is ValueError:  # plain ValueErrors from our code are user errors here
             raise CliError(str(e)) from None
@@ -121,9 +123,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_artifact(name: str, opts: BuildOptions) -> dict[str, Any]:
+    """Run the recipe `name`; a captioner's per-token policies are then calibrated (a text
+    model is calibrated by `eeserve calibrate`, or by `build_default`). Returns the manifest."""
+    from models.build.recipes import build
+    from policies.fit.calibration import calibrate_captioner
+
+    manifest = build(name, opts)
+    if manifest.get("kind") != "captioner":
+        return manifest
+    try:
+        return calibrate_captioner(opts.out)
+    except Exception as e:  # noqa: BLE001 -- calibration is an extra; the artifact stands
+        log(opts, f"calibration skipped ({type(e).__name__}: {e})".splitlines()[0])
+        return manifest
+
+
 def build_default(out_dir: Path | None = None, device: str = "auto") -> Path:
     """Build the default text model if missing (used by `eeserve serve` with no directory)."""
-    from models.build.recipes import BuildOptions, build
+    from models.build.recipes import build
     from policies.fit.calibration import calibrate_artifact
 
     out = Path(out_dir or DEFAULT_MODEL_DIR)
@@ -133,20 +151,16 @@ def build_default(out_dir: Path | None = None, device: str = "auto") -> Path:
         build("text-default", BuildOptions(out=out, device=device))
         print("[eeserve] calibrating the exit policies on the validation split", flush=True)
         calibrate_artifact(out)
-        from tools.commands.calibrate import recheck_onnx
-
         recheck_onnx(out)
     return out
 
 
 def build_default_captioner(out_dir: Path | None = None, device: str = "auto") -> Path:
     """Build the demo captioner if missing (trained on generated scenes, time-bounded ~11 min;
-    its recipe calibrates its policies)."""
-    from models.build.recipes import BuildOptions, build
-
+    its policies are calibrated after the recipe)."""
     out = Path(out_dir or DEFAULT_CAPTION_DIR)
     if not (out / "manifest.json").exists():
         print(f"[eeserve] demo captioner missing at {out}; building caption-default "
               "(EfficientNet-Lite0 from PyPI + a decoder trained on generated scenes)", flush=True)
-        build("caption-default", BuildOptions(out=out, device=device))
+        build_artifact("caption-default", BuildOptions(out=out, device=device))
     return out

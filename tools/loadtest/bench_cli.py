@@ -7,7 +7,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from tools.cli import CliError
+from tools.errors import CliError
 from tools.loadtest.driver import Bound
 from tools.loadtest.net import UrlError, base_url
 from tools.loadtest.records import LoadSpec

@@ -9,7 +9,8 @@ import pytest
 
 from models.progress import Progress
 from service.building import Builder, BuildJob, BuildState, _last_line
-from tools.commands import build_worker, serve
+from tools import build_worker
+from tools.commands import serve
 
 
 def _job(name: str = "text-default", estimate: float = 1600.0) -> BuildJob:

@@ -1,6 +1,6 @@
 """The subprocess that builds one missing model while `eeserve serve` already answers.
 
-    python -m tools.commands.build_worker RECIPE OUT [--device D]
+    python -m tools.build_worker RECIPE OUT [--device D]
 
 Builds into a staging directory beside OUT (calibrating the text model's policies, as
 `build_default` does), then renames it to OUT, so OUT holds a whole artifact or nothing; the
@@ -25,18 +25,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from models import progress
+from models.build.options import BuildOptions
+from models.build.recipes import build
+from policies.fit.calibration import calibrate_artifact
 from service.building import staging_dir
+from tools.commands.calibrate import recheck_onnx
+from tools.commands.train import build_default, build_default_captioner
 
 NICE = 10
 
 
 def build_into(recipe: str, staging: Path, device: str) -> None:
     """Build `recipe` into `staging` (a fresh directory), calibrated."""
-    from models import progress
-    from models.build.recipes import BuildOptions, build
-    from policies.fit.calibration import calibrate_artifact
-    from tools.commands.train import build_default, build_default_captioner
-
     progress.stage("downloading the backbone and data" if recipe == "text-default"
                    else "preparing data")
     if recipe == "text-default":
@@ -47,8 +48,6 @@ def build_into(recipe: str, staging: Path, device: str) -> None:
         build(recipe, BuildOptions(out=staging, device="cpu", progress=False))
         progress.stage("calibrating the exit policies")
         calibrate_artifact(staging)
-        from tools.commands.calibrate import recheck_onnx
-
         recheck_onnx(staging)  # the exported graphs against the new calibration
     else:
         raise SystemExit(f"build_worker: unknown recipe {recipe!r}")
@@ -83,8 +82,6 @@ def _exclusive(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            from models import progress
-
             progress.stage("waiting for another build of this model")
             fcntl.flock(fh, fcntl.LOCK_EX)
         yield
