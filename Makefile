@@ -29,6 +29,7 @@ test: $(STAMP) tools lint
 lint: $(STAMP)
 	$(BIN)/ruff check service policies models tools tests scripts deploy
 	$(BIN)/mypy service policies models tools
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

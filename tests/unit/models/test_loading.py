@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from models.artifact import ArtifactError, write_manifest
+from models.artifact import WEIGHTS, ArtifactError, write_manifest
 from models.caption_loading import CAPTION_KIND
 from models.loading import LOADERS, TEXT_KIND, load_artifact
 
@@ -16,6 +16,7 @@ def test_every_artifact_kind_has_one_loader() -> None:
 
 
 def test_an_unknown_kind_is_refused_naming_it(tmp_path: Path) -> None:
+    (tmp_path / WEIGHTS).write_bytes(b"weights")
     write_manifest(tmp_path, {"kind": "regressor", "name": "x"})
     with pytest.raises(ArtifactError, match="unknown artifact kind 'regressor'"):
         load_artifact(tmp_path)
