@@ -35,8 +35,9 @@ COPY pyproject.toml README.md ./
 COPY models ./models
 COPY policies ./policies
 COPY service ./service
+COPY tools ./tools
 RUN pip install --no-cache-dir "/src${EXTRAS:+[${EXTRAS}]}" && \
-    python -c "import torch, service.cli; print('torch', torch.__version__)"
+    python -c "import torch, tools.cli; print('torch', torch.__version__)"
 
 # ---- runtime: the venv, the deploy files, a non-root user -------------------------------------
 FROM ${BASE_IMAGE} AS runtime

@@ -27,8 +27,9 @@ test: $(STAMP) tools lint
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check service policies models tests scripts deploy
-	$(BIN)/mypy service policies models
+	$(BIN)/ruff check service policies models tools tests scripts deploy
+	$(BIN)/mypy service policies models tools
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.data import sha256_file
+from models.hashing import sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -34,7 +34,7 @@ from transformers import (
 from models.artifact import WEIGHTS, ArtifactError, read_manifest, write_manifest
 from models.captioner import CaptionerConfig, MultiExitCaptioner
 from models.image_encoder import EfficientNetEncoder, HFVisionEncoder, ImageConfig
-from models.loading import LoadedModel, resolve_device
+from models.loaded import LoadedModel, resolve_device
 
 CAPTION_KIND = "captioner"
 

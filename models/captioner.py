@@ -6,7 +6,7 @@ one trained by eeserve on EfficientNet-Lite0 features). Exit k (1-based) reads t
 of the current token after decoder layer k; exits 1..L-1 are LayerNorm + Linear heads, exit L is
 the decoder's own `ln_f` + `lm_head`. Every exit scores only the *caption vocabulary*
 (`CaptionerConfig.vocab_ids`, the tokens seen in the training captions), so an exit check costs
-H·V' multiply-adds instead of H·V (CapEEN trains the heads; see models/caption_training.py).
+H·V' multiply-adds instead of H·V (CapEEN trains the heads; see models/build/caption_training.py).
 
 Free-running decoding is stepped per token and per layer, like the text model:
 

@@ -1,11 +1,13 @@
-"""Save and load text-classifier artifacts (see models/artifact.py for the layout)."""
+"""Save and load text-classifier artifacts (see models/artifact.py for the layout), and
+`load_artifact`, which picks the loader by the manifest's kind from the table `LOADERS`."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import torch
 from transformers import AutoConfig, AutoTokenizer
@@ -17,22 +19,15 @@ from models.artifact import (
     save_weights,
     write_manifest,
 )
+from models.caption_loading import CAPTION_KIND, load_caption_artifact
+from models.loaded import LoadedModel, resolve_device
+from models.onnx_loading import load_onnx, onnx_refusal
 from models.text_classifier import MultiExitTextClassifier, TextClassifierConfig
 
+__all__ = ["BACKENDS", "LOADERS", "TEXT_KIND", "BackendChoice", "LoadedModel", "load_artifact",
+           "load_text_artifact", "resolve_device", "save_text_artifact"]
+
 TEXT_KIND = "text-classifier"
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for the engine, with its manifest (the policies of what serves)."""
-
-    name: str
-    kind: str
-    model: Any  # a StepModel (MultiExitTextClassifier, OnnxTextModel) or a captioner
-    manifest: dict[str, Any]
-    path: Path
-    backend: str = "torch"
-    why: str = ""  # why this backend was chosen (for `auto`)
 
 
 @dataclass(frozen=True)
@@ -61,21 +56,14 @@ def save_text_artifact(model: MultiExitTextClassifier, root: str | Path,
     write_manifest(root, manifest)
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ArtifactError(f"device {device!r} requested but CUDA is not available")
-    return torch.device(device)
-
-
 def load_text_artifact(root: str | Path, device: str = "cpu", dtype: str = "float32",
                        verify: bool = True, backend: str | BackendChoice = "torch",
                        precision_check: bool = True) -> LoadedModel:
     """Load a text artifact after checking its manifest and hashes, on the chosen backend.
 
-    torch: eval mode, on `device`. onnx: the artifact's per-layer graphs (models/onnx_export.py),
-    refused with a one-line reason when missing, tampered, stale or failing parity, or when
+    torch: eval mode, on `device`. onnx: the artifact's per-layer graphs
+    (models/build/onnx_export.py), refused with a one-line reason when missing, tampered, stale
+    or failing parity, or when
     the precision has no calibration (unless `precision_check` is off: calibrating it).
     auto: onnx on a CPU when that would load, else torch.
     """
@@ -93,8 +81,6 @@ def load_text_artifact(root: str | Path, device: str = "cpu", dtype: str = "floa
     name = manifest.get("name", root.name)
     on_cpu = resolve_device(device).type == "cpu"
     if choice.backend != "torch":
-        from models.onnx_loading import load_onnx, onnx_refusal
-
         why = onnx_refusal(root, manifest, choice.precision, on_cpu, precision_check, verify)
         if why is None:
             model, served = load_onnx(root, manifest, tokenizer, head, choice)
@@ -116,14 +102,25 @@ def load_text_artifact(root: str | Path, device: str = "cpu", dtype: str = "floa
     return LoadedModel(name, TEXT_KIND, net, manifest, root, "torch", auto_why)
 
 
+def _load_text(root: str | Path, device: str, dtype: str,
+               backend: str | BackendChoice) -> LoadedModel:
+    return load_text_artifact(root, device, dtype, backend=backend)
+
+
+def _load_captioner(root: str | Path, device: str, dtype: str,
+                    backend: str | BackendChoice) -> LoadedModel:
+    return load_caption_artifact(root, device, dtype)  # captioners run on torch
+
+
+Loader = Callable[[str | Path, str, str, str | BackendChoice], LoadedModel]
+LOADERS: Final[Mapping[str, Loader]] = {TEXT_KIND: _load_text, CAPTION_KIND: _load_captioner}
+
+
 def load_artifact(root: str | Path, device: str = "cpu", dtype: str = "float32",
                   backend: str | BackendChoice = "torch") -> LoadedModel:
     """Load any eeserve artifact by its manifest kind (`backend` applies to text models)."""
     kind = read_manifest(root, verify=False).get("kind")
-    if kind == TEXT_KIND:
-        return load_text_artifact(root, device, dtype, backend=backend)
-    if kind == "captioner":
-        from models.caption_loading import load_caption_artifact  # optional module
-
-        return load_caption_artifact(root, device, dtype)
-    raise ArtifactError(f"{root}: unknown artifact kind {kind!r}")
+    loader = LOADERS.get(str(kind))
+    if loader is None:
+        raise ArtifactError(f"{root}: unknown artifact kind {kind!r}")
+    return loader(root, device, dtype, backend)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from models.base import Encoded, StepOutput, common_layer, stepwise_exit_logits
-from models.text_classifier import TextClassifierConfig
+from models.text_classifier import TextClassifierConfig, encode_texts
 
 
 @dataclass(frozen=True)
@@ -130,8 +130,6 @@ class OnnxTextModel:
         return torch.device("cpu")
 
     def encode(self, texts: Sequence[str], max_length: int | None = None) -> Encoded:
-        from models.text_classifier import encode_texts
-
         return encode_texts(self.tokenizer, texts, max_length or self.config.max_length)
 
     def embed(self, enc: Encoded) -> NumpyTextBatch:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from models.artifact import WEIGHTS
-from models.data import sha256_file
+from models.hashing import sha256_file
 from models.onnx_backend import OnnxTextModel, OrtOptions, onnxruntime_available
 from models.text_classifier import TextClassifierConfig
 

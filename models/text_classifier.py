@@ -2,7 +2,7 @@
 
 Exit k (1-based) reads the hidden states after encoder layer k, mean-pools them over real tokens
 and maps them through a small head to class logits (PABEE / BEEM style: one head per layer,
-joint fine-tuning with a depth-weighted loss, see models/training.py).
+joint fine-tuning with a depth-weighted loss, see models/build/training.py).
 
 Inference is stepwise so the engine can drop rows between layers:
 
@@ -11,7 +11,7 @@ Inference is stepwise so the engine can drop rows between layers:
 
 Supported encoder families: BERT-like (BERT, MiniLM, RoBERTa, XLM-R, ELECTRA: `encoder.layer`),
 DistilBERT (`transformer.layer`) and MPNet (`encoder.layer` + relative position bias); the list
-the CLI accepts is `models.backbones.FAMILIES`. The last exit may instead be a fine-tuned
+the CLI accepts is `models.build.backbones.FAMILIES`. The last exit may instead be a fine-tuned
 classifier's own head (`TextClassifierConfig.last_head`, see models/hf_heads.py).
 """
 

@@ -3,7 +3,7 @@
 The online policies are named in `policies.names` (torch-free, so the HTTP layer can list them)
 and built through the explicit table in `policies.registry` (`build_policy(name, ...)`): beem,
 eenet, maxprob, entropy, patience, static, none. The offline oracles live in
-`policies.oracle.ORACLES`; fitting is in `policies.calibration`.
+`policies.fit.oracle.ORACLES`; fitting is in `policies.fit.calibration`.
 
 Importing the package itself imports no torch: the names below resolve on first use, from
 `policies.base` (the contract) and `policies.registry`, so `import policies.names` stays light.

@@ -12,7 +12,7 @@ cumulative latency) and BEEM-A `w_k = validation accuracy of exit k`, rescaled t
 see `cost_weights` / `accuracy_weights`. Thresholds are one global alpha or one per exit; a `None`
 (JSON null) per-exit threshold never fires. State: (prev_pred, S).
 
-Parameters come from the calibration (`policies.beem_fit`): `params` holds the served weighting,
+Parameters come from the calibration (`policies.fit.beem_fit`): `params` holds the served weighting,
 weights and thresholds, `variants[weighting]` the fit of each scheme, so a request
 `{"weighting": "accuracy"}` gets BEEM-A's own thresholds rather than BEEM-C's.
 """

@@ -1,7 +1,7 @@
 """Cost of reaching each exit: measured cumulative latency from the manifest, or layer counts.
 
 Cost of exit k = embed + layers 1..k + k exit heads (the stepwise path evaluates every head it
-passes). `manifest["latency"]` (models/profiling.py) holds per-batch-size medians; when it is
+passes). `manifest["latency"]` (models/build/profiling.py) holds per-batch-size medians; when it is
 absent or malformed the costs fall back to layer counts 1..K.
 """
 

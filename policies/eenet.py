@@ -6,8 +6,9 @@ At exit k (algorithms.md §B.2-B.6), with p_k the softmax, m_k = max p_k, e_k = 
     exit at k when q_k >= T_k; the last exit always fires (fixes the repo's un-exited rows)
 
 The heads a_k (C values) and b_k (k+1 values) and the thresholds are fitted offline on cached
-validation logits by `policies.eenet_fit.fit_eenet` so that the average cost meets a budget; they
-are stored as plain lists in the manifest. State: the scores q_1..q_K so far ((B, K), 0 = not yet).
+validation logits by `policies.fit.eenet_fit.fit_eenet` so that the average cost meets a budget;
+they are stored as plain lists in the manifest. State: the scores q_1..q_K so far ((B, K),
+0 = not yet).
 """
 
 from __future__ import annotations

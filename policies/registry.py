@@ -1,7 +1,7 @@
 """The policy registry: an explicit table from every name in `policies.names` to its factory.
 
 `build_policy(name, num_exits, params, calibration)` is how the engine, calibration and the
-tests make a policy. The offline oracles are not here (they need labels); see policies.oracle.
+tests make a policy. The offline oracles are not here (they need labels); see policies.fit.oracle.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from models.base import Encoded  # noqa: E402
-from models.eval_texts import load_eval_texts  # noqa: E402
+from models.build.eval_texts import load_eval_texts  # noqa: E402
 from models.loading import BackendChoice, load_text_artifact  # noqa: E402
 from policies import build_policy, enforce_last_exit  # noqa: E402
 
@@ -96,7 +96,7 @@ def main() -> int:
     import onnxruntime as ort
 
     from models.onnx_backend import OrtOptions, session_options
-    from service.peer_onnx import ensure_whole_graph
+    from tools.peer_onnx import ensure_whole_graph
 
     texts = load_eval_texts(args.artifact, {}).split("test")[0]
     report: dict[str, Any] = {"artifact": str(args.artifact), "machine": platform.platform(),

@@ -28,9 +28,9 @@ import torch  # noqa: E402
 from models.artifact import read_manifest  # noqa: E402
 from policies.base import probabilities  # noqa: E402
 from policies.beem import accuracy_weights, cost_weights  # noqa: E402
-from policies.beem_fit import beem_trace, exit_accuracies, streak_scale  # noqa: E402
-from policies.calibration import Split, load_split  # noqa: E402
-from policies.sweep import candidate_thresholds, sweep_global  # noqa: E402
+from policies.fit.beem_fit import beem_trace, exit_accuracies, streak_scale  # noqa: E402
+from policies.fit.calibration import Split, load_split  # noqa: E402
+from policies.fit.sweep import candidate_thresholds, sweep_global  # noqa: E402
 
 
 def auc(score: torch.Tensor, positive: torch.Tensor) -> float:

@@ -46,9 +46,9 @@ def train_for(seconds: float, pfile: Path | None = None,
     init) on random batches of 32 x 64 tokens with the recipe's loss, for `seconds`."""
     import torch
 
+    from models.build.tiny import tiny_backbone_config, tiny_tokenizer
+    from models.build.training import depth_weighted_loss
     from models.text_classifier import MultiExitTextClassifier, TextClassifierConfig
-    from models.tiny import tiny_backbone_config, tiny_tokenizer
-    from models.training import depth_weighted_loss
 
     if pfile is not None:
         progress.configure(pfile)

@@ -109,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     import json
     import platform
 
-    from models.caption_data import generated_scenes
+    from models.build.caption_data import generated_scenes
+    from models.build.caption_training import caption_scores
     from models.caption_loading import load_caption_artifact
-    from models.caption_training import caption_scores
     from policies import build_policy
 
     p = argparse.ArgumentParser(prog="scripts/caption_bench.py",

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from models.artifact import read_manifest  # noqa: E402
-from models.data import load_movie_reviews  # noqa: E402
+from models.build.data import load_movie_reviews  # noqa: E402
 from service.engine import EngineConfig, InProcessEngine  # noqa: E402
 from service.protocol import ClassifyRequest  # noqa: E402
 

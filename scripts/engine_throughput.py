@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.data import load_movie_reviews  # noqa: E402
+from models.build.data import load_movie_reviews  # noqa: E402
 from service.engine import EngineConfig, InProcessEngine  # noqa: E402
 from service.protocol import ClassifyRequest  # noqa: E402
 from service.stats import IterationStats, NullSink  # noqa: E402

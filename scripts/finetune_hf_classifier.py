@@ -31,8 +31,8 @@ from transformers import (  # noqa: E402
     get_linear_schedule_with_warmup,
 )
 
-from models.backbones import resolve_backbone  # noqa: E402
-from models.data import TextDataset, TextSplit, load_data  # noqa: E402
+from models.build.backbones import resolve_backbone  # noqa: E402
+from models.build.data import TextDataset, TextSplit, load_data  # noqa: E402
 
 
 def batches(split: TextSplit, size: int, rng: random.Random | None) -> list[list[int]]:

@@ -2,7 +2,7 @@
 """Does the calibrated promise hold on rows it was not fitted on? Validation halves and test.
 
 For each of R random halvings of the validation split (seeded): calibrate the policies on one
-half (`policies.calibration.calibrate`, the same fit `eeserve calibrate` runs), replay the
+half (`policies.fit.calibration.calibrate`, the same fit `eeserve calibrate` runs), replay the
 fitted parameters on the other half through `build_policy` + `replay` (the serving path), and
 record the held-out accuracy loss against the last exit and the layer speed-up. The promise is
 broken on a halving when the held-out loss exceeds the tolerance. Guard methods are run side by
@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from models.artifact import read_manifest  # noqa: E402
 from policies.base import build_policy  # noqa: E402
-from policies.calibration import CalibrationConfig, Split, calibrate, load_split  # noqa: E402
+from policies.fit.calibration import CalibrationConfig, Split, calibrate, load_split  # noqa: E402
 from policies.replay import replay  # noqa: E402
 
 

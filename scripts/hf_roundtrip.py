@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
-from models.data import load_data  # noqa: E402
+from models.build.data import load_data  # noqa: E402
 from models.loading import load_text_artifact  # noqa: E402
 
 

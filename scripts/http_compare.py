@@ -155,7 +155,7 @@ def main() -> int:
     ap.add_argument("--hf-dir", type=Path, help="standard HF classifier dir (for infinity)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    from models.eval_texts import load_eval_texts
+    from models.build.eval_texts import load_eval_texts
 
     texts, labels = load_eval_texts(args.artifact, {}).split("test")
     label_names = json.loads((args.artifact / "manifest.json").read_text()).get("labels") or []

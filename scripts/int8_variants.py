@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from models.eval_texts import load_eval_texts  # noqa: E402
+from models.build.eval_texts import load_eval_texts  # noqa: E402
+from models.build.onnx_export import all_logits  # noqa: E402
 from models.loading import load_text_artifact  # noqa: E402
 from models.onnx_backend import OnnxTextModel  # noqa: E402
-from models.onnx_export import all_logits  # noqa: E402
 
 VARIANTS = {"per-tensor": {}, "per-channel": {"per_channel": True},
             "per-channel, reduce_range": {"per_channel": True, "reduce_range": True}}

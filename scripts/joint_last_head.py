@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from models.data import tiny_sentiment  # noqa: E402
+from models.build.data import tiny_sentiment  # noqa: E402
+from models.build.tiny import tiny_backbone_config, tiny_tokenizer  # noqa: E402
+from models.build.training import TrainConfig, exit_accuracy, exit_logits, train  # noqa: E402
 from models.text_classifier import MultiExitTextClassifier, TextClassifierConfig  # noqa: E402
-from models.tiny import tiny_backbone_config, tiny_tokenizer  # noqa: E402
-from models.training import TrainConfig, exit_accuracy, exit_logits, train  # noqa: E402
 
 
 def run(last_head: str, seed: int) -> list[float]:
@@ -48,8 +48,8 @@ def run_real(last_head: str, epochs: int, max_length: int) -> dict[str, object]:
 
     from transformers import AutoModel, AutoTokenizer
 
-    from models.backbones import MINILM_L6, fetch_backbone
-    from models.data import load_fine_foods
+    from models.build.backbones import MINILM_L6, fetch_backbone
+    from models.build.data import load_fine_foods
 
     data = load_fine_foods()
     bdir = str(fetch_backbone(MINILM_L6))

@@ -34,9 +34,9 @@ from typing import Any
 import httpx
 import torch
 
-from models.data import load_movie_reviews
+from models.build.data import load_movie_reviews
+from models.build.shift_data import load_spamassassin
 from models.loading import load_text_artifact
-from models.shift_data import load_spamassassin
 from policies import build_policy
 from policies.replay import replay
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """One training step of the multi-exit text classifier, MiniLM-L6 vs MPNet-base, side by side.
 
-A step is what `models.training` does per batch: tokenise 32 movie-review sentences (max 64
+A step is what `models.build.training` does per batch: tokenise 32 movie-review sentences (max 64
 tokens), forward through every layer and exit head, depth-weighted loss, backward, clip, AdamW.
 Step time does not depend on the weight values, so both encoders are built from their
 architecture configs with random weights (all-MiniLM-L6-v2: 6 layers, hidden 384; all-mpnet-base-
@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from transformers import AutoConfig, AutoTokenizer, MPNetConfig  # noqa: E402
 
-from models.backbones import fetch_backbone  # noqa: E402
-from models.data import load_movie_reviews  # noqa: E402
+from models.build.backbones import fetch_backbone  # noqa: E402
+from models.build.data import load_movie_reviews  # noqa: E402
+from models.build.training import _batches, _tensors, depth_weighted_loss  # noqa: E402
 from models.text_classifier import MultiExitTextClassifier, TextClassifierConfig  # noqa: E402
-from models.training import _batches, _tensors, depth_weighted_loss  # noqa: E402
 
 MPNET_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                   intermediate_size=3072, vocab_size=30527, max_position_embeddings=514,

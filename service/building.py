@@ -2,7 +2,7 @@
 already answers. Torch-free.
 
 `eeserve serve` with no directory serves what is built and hands the rest to a `Builder`: each
-job runs `python -m service.commands.build_worker` (nice 10, its own torch threads and GIL), which
+job runs `python -m tools.build_worker` (nice 10, its own torch threads and GIL), which
 writes a small progress file (models/progress.py) and renames its staging directory to the
 artifact directory when complete. The builder polls that file once a second for /readyz,
 /v1/models and the playground page, and hands each finished artifact to `on_built` (the engine
@@ -27,6 +27,8 @@ from models import progress as build_progress
 from service.protocol import ModelInfo
 
 log = logging.getLogger("eeserve.build")
+# the module each build runs in (a subprocess: the server never imports the build code)
+WORKER_MODULE = "tools.build_worker"
 POLL_S = 1.0
 LOG_EVERY_S = 60.0  # a progress line in the server log at least this often
 
@@ -172,7 +174,7 @@ class Builder:
                  extra={"model": job.name, "recipe": job.recipe, "log": str(job.log_file)})
         with job.log_file.open("w") as fh:
             self._proc = await asyncio.create_subprocess_exec(
-                self.python, "-m", "service.commands.build_worker", job.recipe, str(job.out),
+                self.python, "-m", WORKER_MODULE, job.recipe, str(job.out),
                 "--device", self.device, stdout=fh, stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,
                 env={**os.environ, build_progress.ENV: str(job.progress_file),

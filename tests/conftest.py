@@ -19,17 +19,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained tiny-text artifact (3 exits, seconds to build), calibrated when possible."""
-    from models.recipes import BuildOptions, build
+    from models.build.recipes import BuildOptions, build
 
     out = tmp_path_factory.mktemp("artifacts") / "tiny-text"
     build("tiny-text", BuildOptions(out=out, device="cpu", progress=False))
     try:
-        from policies.calibration import calibrate_artifact
+        from policies.fit.calibration import calibrate_artifact
     except ImportError:  # pragma: no cover -- calibration lands with the policies
         return out
     calibrate_artifact(out)
-    from models.onnx_export import recheck_policies
-    from policies.parity import policy_mismatches
+    from models.build.onnx_export import recheck_policies
+    from policies.fit.parity import policy_mismatches
 
     recheck_policies(out, policy_mismatches)  # the graphs exported by the build, vs the policies
     return out

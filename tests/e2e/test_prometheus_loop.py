@@ -24,10 +24,10 @@ import httpx
 import pytest
 import yaml
 
-from service.loadtest.driver import Bound
-from service.loadtest.records import LoadSpec
-from service.loadtest.runner import BenchPlan, run_bench_sync
-from service.loadtest.workloads import ClassifyWorkload, RequestOptions, TextPool
+from tools.loadtest.driver import Bound
+from tools.loadtest.records import LoadSpec
+from tools.loadtest.runner import BenchPlan, run_bench_sync
+from tools.loadtest.workloads import ClassifyWorkload, RequestOptions, TextPool
 
 PROMETHEUS_BIN = shutil.which("prometheus")
 pytestmark = [

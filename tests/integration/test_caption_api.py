@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from models.caption_data import generated_scenes
-from models.recipes import BuildOptions, build
+from models.build.caption_data import generated_scenes
+from models.build.recipes import BuildOptions, build
 from service.app import create_app
 from service.settings import Settings
 

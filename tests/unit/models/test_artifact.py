@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from models.artifact import ArtifactError, read_manifest
+from models.build.tiny import tiny_backbone_config, tiny_tokenizer
 from models.loading import load_text_artifact, save_text_artifact
 from models.text_classifier import MultiExitTextClassifier, TextClassifierConfig
-from models.tiny import tiny_backbone_config, tiny_tokenizer
 
 
 @pytest.fixture()

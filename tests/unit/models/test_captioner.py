@@ -12,20 +12,20 @@ import torch
 from PIL import Image
 
 from models.artifact import ArtifactError
-from models.caption_data import (
+from models.build.caption_data import (
     generated_scenes,
     load_coco,
     render_scene,
     scene_words,
     word_tokenizer,
 )
+from models.build.caption_recipes import tiny_ved
+from models.build.caption_training import make_targets
 from models.caption_loading import (
     captioner_from_ved,
     load_caption_artifact,
     save_caption_artifact,
 )
-from models.caption_recipes import tiny_ved
-from models.caption_training import make_targets
 from models.captioner import CaptionerConfig, CaptionState, MultiExitCaptioner
 from models.image_encoder import ImageConfig
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
+from models.build.tiny import save_tiny_classifier
 from models.hf_heads import HF_HEAD_KINDS, build_hf_head, head_from_classifier, hf_state_dict
-from models.tiny import save_tiny_classifier
 
 
 @pytest.mark.parametrize("family", sorted(HF_HEAD_KINDS))

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from models.base import StepModel
+from models.build.onnx_graphs import export_graphs
+from models.build.tiny import tiny_backbone_config, tiny_tokenizer
 from models.onnx_backend import NumpyTextBatch, OnnxTextModel
-from models.onnx_graphs import export_graphs
 from models.text_classifier import MultiExitTextClassifier, TextBatch, TextClassifierConfig
-from models.tiny import tiny_backbone_config, tiny_tokenizer
 
 TEXTS = ["a great film", "dull and boring but the acting is not bad at all", "wonderful",
          "the plot is nothing but boilerplate and the music is awful"]

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from models.build.tiny import tiny_backbone_config, tiny_tokenizer
 from models.text_classifier import MultiExitTextClassifier, TextBatch, TextClassifierConfig
-from models.tiny import tiny_backbone_config, tiny_tokenizer
 
 TEXTS = ["the movie was great", "dull boring and stale plot with the cast and the music", "a"]
 

@@ -11,7 +11,7 @@ import torch
 from policies import PolicyError, build_policy
 from policies.costs import custom_costs, layer_costs
 from policies.eenet import EENetPolicy, EENetState
-from policies.eenet_fit import (
+from policies.fit.eenet_fit import (
     EENetFitConfig,
     fit_eenet,
     fit_offset,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import get_args
 
-from policies.calibration import FITTERS
+from policies.fit.calibration import FITTERS
 from policies.names import (
     CAPTION_DEFAULT_POLICY,
     CAPTION_POLICIES,

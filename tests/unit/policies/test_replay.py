@@ -12,16 +12,16 @@ from policies import ExitPolicy, PolicyError, build_policy
 from policies.beem import BeemPolicy
 from policies.costs import custom_costs, latency_costs, layer_costs
 from policies.entropy import EntropyPolicy
-from policies.max_softmax import MaxProbPolicy
-from policies.patience import PatiencePolicy
-from policies.replay import first_firing, replay, trace
-from policies.sweep import (
+from policies.fit.sweep import (
     candidate_thresholds,
     exits_for,
     fastest_within,
     operating_point,
     sweep_global,
 )
+from policies.max_softmax import MaxProbPolicy
+from policies.patience import PatiencePolicy
+from policies.replay import first_firing, replay, trace
 
 Logits = tuple[torch.Tensor, torch.Tensor]
 

@@ -9,7 +9,8 @@ import pytest
 
 from models.progress import Progress
 from service.building import Builder, BuildJob, BuildState, _last_line
-from service.commands import build_worker, serve
+from tools import build_worker
+from tools.commands import serve
 
 
 def _job(name: str = "text-default", estimate: float = 1600.0) -> BuildJob:
@@ -86,7 +87,7 @@ def test_publish_replaces_a_partial_directory_but_keeps_a_whole_one(tmp_path: Pa
 
 def test_serve_builds_only_the_missing_default_models(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.commands import train
+    from tools.commands import train
 
     text, cap = tmp_path / "text", tmp_path / "cap"
     monkeypatch.setattr(train, "DEFAULT_MODEL_DIR", text)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from models.caption_data import generated_scenes
+from models.build.caption_data import generated_scenes
+from models.build.recipes import BuildOptions, build
 from models.caption_loading import load_caption_artifact
-from models.recipes import BuildOptions, build
 from policies import build_policy
 from service.engine import EngineConfig, InProcessEngine
 from service.engine.captioning import decode_token

@@ -6,8 +6,8 @@ import asyncio
 
 import torch
 
+from models.build.tiny import tiny_backbone_config, tiny_tokenizer
 from models.text_classifier import MultiExitTextClassifier, TextClassifierConfig
-from models.tiny import tiny_backbone_config, tiny_tokenizer
 from service.engine.tokenize import TokenBatcher
 
 

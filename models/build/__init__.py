@@ -1,0 +1,1 @@
+"""Offline model building: data, training, recipes, export. The server never imports it."""

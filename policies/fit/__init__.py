@@ -1,0 +1,1 @@
+"""Offline policy fitting and evaluation on cached exit logits. The server never imports it."""

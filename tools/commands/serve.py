@@ -1,0 +1,106 @@
+"""`eeserve serve [DIR ...] [--host --port --device ...]`: serve artifacts with uvicorn.
+
+With no directory (and no `EESERVE_MODELS`), serves the default text model and the demo
+captioner. The server answers at once: a missing one is built in a subprocess while it runs
+(text model first), /readyz says 503 with the build's stage and time left, and each model serves
+as soon as it is built (service/building.py). Flags win over `EESERVE_*` environment variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from service.building import BuildJob
+from tools.errors import CliError
+
+# measured whole builds on the 2-vCPU reference machine (docs/BENCHMARKS.md): the first guess
+# shown before a build's own training pace is known
+TEXT_BUILD_S = 1_600  # download + 1,060 training steps (~24 min) + logits, profile, calibration
+CAPTION_BUILD_S = 720  # features + stage 1 (<= 480 s) + stage 2 (<= 150 s) + logits, calibration
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("serve", help="serve model artifacts over HTTP (REST v1 + OIP v2)")
+    p.add_argument("models", nargs="*", help="artifact directories (default: the default "
+                                             "text model, built if missing)")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--device", help="cpu, cuda or auto")
+    p.add_argument("--dtype", help="float32, float16 or bfloat16")
+    p.add_argument("--backend", choices=["torch", "onnx", "auto"],
+                   help="layer runtime of text models (default auto: onnx on a CPU when the "
+                        "artifact's graphs passed parity, else torch)")
+    p.add_argument("--precision", choices=["fp32", "int8"], help="onnx precision")
+    p.add_argument("--onnx-threads", type=int, help="ONNX Runtime intra-op threads")
+    p.add_argument("--max-batch-size", type=int, help="rows in flight across the engine")
+    p.add_argument("--max-queue-delay-ms", type=float, help="batching window when idle")
+    p.add_argument("--queue-limit", type=int, help="queued texts before 429")
+    p.add_argument("--default-policy", help="policy when a request names none")
+    p.add_argument("--torch-threads", type=int, help="torch intra-op threads")
+    p.add_argument("--plain-logs", action="store_true", help="human-readable logs, not JSON")
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    overrides: dict[str, Any] = {}
+    for name in ("host", "port", "device", "dtype", "max_batch_size", "max_queue_delay_ms",
+                 "queue_limit", "default_policy", "torch_threads", "backend", "precision",
+                 "onnx_threads"):
+        v = getattr(args, name)
+        if v is not None:
+            overrides[name] = v
+    if args.models:
+        overrides["models"] = list(args.models)
+    if args.plain_logs:
+        overrides["log_json"] = False
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise CliError(f"--{field.replace('_', '-')}: {err['msg']}") from None
+
+
+def default_models() -> tuple[list[str], list[BuildJob]]:
+    """The default text model and demo captioner: the directories already built, and build jobs
+    for the missing ones (text model first)."""
+    from tools.commands.train import DEFAULT_CAPTION_DIR, DEFAULT_MODEL_DIR
+
+    jobs = [BuildJob("text-default", "text-default", "text-classifier", DEFAULT_MODEL_DIR,
+                     TEXT_BUILD_S, {"training": 90.0}),
+            BuildJob("caption-default", "caption-default", "captioner", DEFAULT_CAPTION_DIR,
+                     CAPTION_BUILD_S, {"training stage 1": 210.0, "training stage 2": 60.0})]
+    built = [j for j in jobs if (j.out / "manifest.json").exists()]
+    return [str(j.out) for j in built], [j for j in jobs if j not in built]
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.logging_setup import logging_config
+
+    settings = settings_from(args)
+    builds: list[BuildJob] = []
+    if not settings.models:
+        settings.models, builds = default_models()
+        for job in builds:
+            print(f"[eeserve] {job.name} missing at {job.out}: building it while the server "
+                  f"runs (progress at /readyz and on the page at /; log in {job.log_file})",
+                  flush=True)
+    for m in settings.models:
+        if not Path(m).is_dir():
+            raise CliError(f"{m}: no such artifact directory")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    uvicorn.run(create_app(settings, builds=builds), host=settings.host, port=settings.port,
+                log_config=logging_config(settings.log_json, settings.log_level),
+                timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+                access_log=False, timeout_keep_alive=75)  # > clients' pool expiry (httpx 5 s)
+    return 0
