@@ -113,8 +113,21 @@ class Settings(BaseSettings):
     max_caption_tokens: int = Field(32, ge=1)
     request_timeout_ms: float = Field(30_000, gt=0, description="default (and largest) deadline")
 
+    # ---- connections (service/serving.py) -----------------------------------------------------
+    timeout_headers_s: float = Field(10.0, gt=0, le=3600, description="a request's head must "
+                                     "arrive within this long (from connecting, or from its "
+                                     "first byte); else 408 and the connection is closed")
+    timeout_body_s: float = Field(30.0, gt=0, le=3600, description="a request's body must "
+                                  "arrive within this long after its head; else 408 and close")
+    timeout_keep_alive_s: float = Field(75.0, ge=1, le=3600, description="idle keep-alive "
+                                        "connections are closed after this long (above "
+                                        "common client and load-balancer pool expiry)")
+    max_connections: int = Field(1024, ge=1, le=1_000_000, description="open connections; "
+                                 "one more is answered 503 and closed")
+
     # ---- lifecycle and logging -------------------------------------------------------------------
-    shutdown_grace_s: float = Field(10.0, ge=0)
+    shutdown_grace_s: float = Field(10.0, ge=0, description="in-flight requests may finish for "
+                                    "this long after SIGTERM; then they are answered 503")
     log_json: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -140,7 +153,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _finite(self) -> Settings:
-        for name in ("max_queue_delay_ms", "request_timeout_ms", "shutdown_grace_s"):
+        for name in ("max_queue_delay_ms", "request_timeout_ms", "shutdown_grace_s",
+                     "timeout_headers_s", "timeout_body_s", "timeout_keep_alive_s"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite")
         return self
