@@ -28,7 +28,7 @@ def test_bench_ends_in_its_table(server: Server, load: list[str], bound: list[st
     got = bench(server, "-p", "beem", *load, *bound)
     assert got.returncode == 0, got.stderr[-2000:]
     assert "Traceback" not in got.stderr, got.stderr[-2000:]
-    assert "beem" in got.stdout and ("open" in got.stdout or "closed" in got.stdout), got.stdout
+    assert "ok/req" in got.stdout and "\nbeem " in got.stdout, got.stdout
 
 
 def test_a_bad_bound_is_one_line(server: Server) -> None:
