@@ -91,7 +91,8 @@ def _middleware(app: FastAPI, settings: Settings, sink: PrometheusStatLogger) ->
             settings.max_body_bytes
 
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
-    app.add_middleware(LoadShedMiddleware, queue_limit=settings.queue_limit)
+    app.add_middleware(LoadShedMiddleware, queue_limit=settings.queue_limit,
+                       caption_queue_limit=settings.caption_queue_limit)
     key = settings.api_key.get_secret_value() if settings.api_key else None
     open_paths = OPEN_PATHS if settings.open_health_and_metrics else frozenset()
     prefixes = OPEN_PREFIXES if settings.open_health_and_metrics else ()

@@ -99,3 +99,16 @@ def test_a_stalled_decode_does_not_hold_up_classification(
         t.join(15)
     assert r.status_code == 200, r.text
     assert took < 1.5, f"classify waited {took:.2f} s behind the image pool"
+
+
+def test_a_full_caption_queue_is_shed_before_the_body_is_read(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.protocol import EngineStatus
+
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    monkeypatch.setattr(engine, "status", lambda: EngineStatus(0, 0, 2, caption_queue_depth=3))
+    r = client.post("/v1/caption", content=b"not even JSON",
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 429 and "caption_queue_limit" in r.json()["error"], r.text
+    r = client.post("/v1/classify", json={"inputs": "a fine film"})  # texts have room
+    assert r.status_code == 200, r.text
