@@ -312,7 +312,7 @@ class InProcessEngine:
         self.scheduler.submit(handle)
         try:
             return await asyncio.wait_for(asyncio.shield(handle.future),
-                                          timeout_ms / 1e3 + 1.0)
+                                          max(0.0, handle.deadline - now()) + 1.0)
         except TimeoutError:
             handle.cancel()
             raise DeadlineExceeded(f"no answer within {timeout_ms:.0f} ms", "deadline_ms") \
@@ -399,7 +399,7 @@ class InProcessEngine:
             stream_tokens=stream_tokens)
         self.captions.submit(handle)
         left = handle.size
-        end = loop.time() + timeout_ms / 1e3 + 1.0
+        end = loop.time() + max(0.0, deadline - now()) + 1.0  # from arrival, not from here
         try:
             while left:
                 try:
