@@ -17,7 +17,6 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import service.engine.core as core
-from models.recipes import BuildOptions, build
 from service.app import create_app
 from service.settings import Settings
 
@@ -29,10 +28,9 @@ def b64_png(w: int, h: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def client(tiny_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    cap = tmp_path_factory.mktemp("bounds") / "tiny-caption"
-    build("tiny-caption", BuildOptions(out=cap, device="cpu", progress=False))
-    s = Settings(models=[str(tiny_artifact), str(cap)], device="cpu", log_json=False,
+def client(tiny_artifact: Path, tiny_caption_artifact: Path) -> Iterator[TestClient]:
+    s = Settings(models=[str(tiny_artifact), str(tiny_caption_artifact)], device="cpu",
+                 log_json=False,
                  caption_queue_limit=3, max_caption_tokens=4)
     with TestClient(create_app(s), raise_server_exceptions=False) as c:
         yield c

@@ -20,7 +20,6 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.recipes import BuildOptions, build
 from service.app import create_app
 from service.settings import Settings
 from tests.integration.fake_engine import FakeEngine
@@ -137,10 +136,9 @@ def test_fake_caption(fake: TestClient, body: bytes) -> None:
 
 # ---- tiny real models: the engine too ---------------------------------------------------------
 @pytest.fixture(scope="module")
-def real(tiny_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    cap = tmp_path_factory.mktemp("fuzz-cap") / "tiny-caption"
-    build("tiny-caption", BuildOptions(out=cap, device="cpu", progress=False))
-    s = Settings(models=[str(tiny_artifact), str(cap)], device="cpu", log_json=False,
+def real(tiny_artifact: Path, tiny_caption_artifact: Path) -> Iterator[TestClient]:
+    s = Settings(models=[str(tiny_artifact), str(tiny_caption_artifact)], device="cpu",
+                 log_json=False,
                  max_caption_tokens=4)
     with TestClient(create_app(s), raise_server_exceptions=False) as c:
         yield c
