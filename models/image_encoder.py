@@ -8,7 +8,7 @@ Two kinds, both ending in the decoder's width so every decoder layer can cross-a
 * `HFVisionEncoder`: the encoder of a Hugging Face `VisionEncoderDecoderModel` (ViT-style), with
   the model's own `enc_to_dec_proj` when the widths differ.
 
-`preprocess` turns PIL images into normalised pixel tensors (short side resized, centre crop).
+`preprocess` turns PIL images into normalised pixel tensors (centre square resized).
 """
 
 from __future__ import annotations
@@ -40,16 +40,18 @@ class ImageConfig:
 
 
 def preprocess(images: Sequence[Image.Image], cfg: ImageConfig) -> torch.Tensor:
-    """PIL images → (B, 3, S, S) float32: RGB, short side to S (bicubic), centre crop, normalise."""
+    """PIL images → (B, 3, S, S) float32: RGB, centre square resized to S × S (bicubic),
+    normalise. The same as short side to S then centre crop, but the square is cut before
+    resizing, so no intermediate image is larger than S × S (a 1×N image would otherwise
+    become S × S·N pixels)."""
     out = []
     for im in images:
         im = im.convert("RGB")
         w, h = im.size
-        scale = cfg.size / min(w, h)
-        nw, nh = max(cfg.size, round(w * scale)), max(cfg.size, round(h * scale))
-        im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - cfg.size) // 2, (nh - cfg.size) // 2
-        im = im.crop((left, top, left + cfg.size, top + cfg.size))
+        side = min(w, h)
+        left, top = (w - side) / 2, (h - side) / 2
+        im = im.resize((cfg.size, cfg.size), Image.Resampling.BICUBIC,
+                       box=(left, top, left + side, top + side))
         arr = np.asarray(im, dtype=np.float32) / 255.0  # (S, S, 3)
         out.append(torch.from_numpy(arr).permute(2, 0, 1))  # (3, S, S)
     x = torch.stack(out)  # (B, 3, S, S)

@@ -21,7 +21,7 @@ from service.auth import DOCS_ASSETS, OPEN_PATHS, OPEN_PREFIXES, ApiKeyMiddlewar
 from service.building import BuildJob
 from service.limits import BodyLimitMiddleware
 from service.metrics import PrometheusStatLogger
-from service.middleware import RequestContextMiddleware
+from service.middleware import RequestContextMiddleware, ShutdownSignal
 from service.progressive import GrowingEngine, ProgressiveEngine
 from service.protocol import EngineClient
 from service.schemas import apply_limits
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
     app.state.settings = settings
     app.state.sink = sink
     app.state.engine = engine
+    app.state.shutdown = ShutdownSignal()  # raised by service.serving's server
     errors.install(app)
     app.include_router(routes_v1.router)
     app.include_router(routes_v2.router)
@@ -90,13 +91,14 @@ def _middleware(app: FastAPI, settings: Settings, sink: PrometheusStatLogger) ->
             settings.max_body_bytes
 
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
-    app.add_middleware(LoadShedMiddleware, queue_limit=settings.queue_limit)
+    app.add_middleware(LoadShedMiddleware, queue_limit=settings.queue_limit,
+                       caption_queue_limit=settings.caption_queue_limit)
     key = settings.api_key.get_secret_value() if settings.api_key else None
     open_paths = OPEN_PATHS if settings.open_health_and_metrics else frozenset()
     prefixes = OPEN_PREFIXES if settings.open_health_and_metrics else ()
     app.add_middleware(ApiKeyMiddleware, api_key=key, open_paths=open_paths,
                        open_prefixes=prefixes)
-    app.add_middleware(RequestContextMiddleware, sink=sink)
+    app.add_middleware(RequestContextMiddleware, sink=sink, shutdown=app.state.shutdown)
 
 
 def _openapi_with_limits(app: FastAPI, settings: Settings) -> None:

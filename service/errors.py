@@ -19,6 +19,7 @@ from starlette.types import Send
 from service.protocol import EngineError, Overloaded
 
 REQUEST_ID_HEADER = "x-request-id"
+UNPARSABLE = "There was an error parsing the body"  # FastAPI's 400 detail for unreadable JSON
 
 
 class ClientGone(Exception):
@@ -59,8 +60,10 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 
 def _is_tag(part: Any) -> bool:
-    """Union-member tags pydantic puts in locations ('str', 'list[str]'): not request fields."""
-    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)
+    """Union-member tags pydantic puts in locations ('str', 'list[str]', 'constrained-int'):
+    not request fields."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part
+                                      or part.startswith("constrained-"))
 
 
 def validation_message(exc: RequestValidationError) -> tuple[str, str]:
@@ -71,6 +74,10 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str]:
     msg = str(err.get("msg", "invalid value"))
     if err.get("type") == "json_invalid":
         return "body", "body is not valid JSON"
+    if field.startswith("params.") and sum(_loc(tuple(e.get("loc", ()))) == field
+                                           for e in errs) > 1:  # no member of the union fits
+        return field, (f"{field}: must be a boolean, a string, or a finite number within "
+                       f"±2^53")
     if err.get("type") == "extra_forbidden":
         return field, f"{field}: unknown field"
     return field, f"{field}: {msg}"
@@ -96,5 +103,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        return error_response(request, exc.status_code, detail, None,
+        field = None
+        if exc.status_code == 400 and detail == UNPARSABLE:  # FastAPI could not read the JSON
+            field, detail = "body", ("body is not valid JSON (or nested too deeply, or a number "
+                                     "too long to read)")
+        return error_response(request, exc.status_code, detail, field,
                               dict(exc.headers) if exc.headers else None)

@@ -14,6 +14,7 @@ Logs never contain the API key, the Authorization header, query strings or reque
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -21,6 +22,7 @@ import traceback
 import uuid
 from dataclasses import dataclass
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import REQUEST_ID_HEADER, send_error
@@ -72,12 +74,28 @@ class RequestLabels:
     items: int = 0
 
 
-class RequestContextMiddleware:
-    """Request id in and out, one JSON access-log line and one RequestStats per request."""
+class ShutdownSignal:
+    """Whether the server has begun shutting down (set by service.serving's server)."""
 
-    def __init__(self, app: ASGIApp, sink: StatsSink | None = None):
+    def __init__(self) -> None:
+        self.started = False
+
+    def begin(self) -> None:
+        self.started = True
+
+
+class RequestContextMiddleware:
+    """Request id in and out, one JSON access-log line and one RequestStats per request.
+
+    A request cancelled because the shutdown grace period ended (`shutdown.started`) is
+    answered 503 with the uniform JSON error; a client that left while its body was being read
+    is logged 499. Neither logs a traceback."""
+
+    def __init__(self, app: ASGIApp, sink: StatsSink | None = None,
+                 shutdown: ShutdownSignal | None = None):
         self.app = app
         self.sink = sink
+        self.shutdown = shutdown
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -104,6 +122,15 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            if self.shutdown is None or not self.shutdown.started:
+                raise
+            status["code"] = 503  # the grace period ended: answer, do not re-raise
+            if not status["sent"]:
+                await send_error(send, 503, "not_ready", "server shut down before the request "
+                                 "finished (shutdown_grace_s)", rid)
+        except ClientDisconnect:
+            status["code"] = 499  # the client left while its body was being read
         except Exception as e:  # noqa: BLE001 -- the last line of defence: log, answer 500
             error_log.error("unhandled error", extra={"request_id": rid, "path": scope["path"],
                                                       "error": f"{type(e).__name__}: {e}",

@@ -43,14 +43,35 @@ def split_body(body: bytes, header_length: str | None) -> RawRequest:
     return RawRequest(_json(body[:n]), body[n:])
 
 
+MAX_DEPTH = 32  # JSON nesting a request may have (a TEXT tensor needs 4)
+
+
 def _json(raw: bytes) -> dict[str, Any]:
     try:
         out = json.loads(raw)
+    except RecursionError:
+        raise BadRequest(f"request body is nested deeper than {MAX_DEPTH} levels",
+                         "body") from None
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("request body is not valid JSON", "body") from None
     if not isinstance(out, dict):
         raise BadRequest("request body must be a JSON object", "body")
+    if depth(out) > MAX_DEPTH:
+        raise BadRequest(f"request body is nested deeper than {MAX_DEPTH} levels", "body")
     return out
+
+
+def depth(value: Any) -> int:
+    """Nesting depth of JSON lists and objects (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            deepest = max(deepest, d + 1)
+            stack.extend((x, d + 1) for x in v)
+    return deepest
 
 
 def decode_bytes(raw: bytes, count: int, name: str) -> list[bytes]:

@@ -162,6 +162,7 @@ class EngineStatus:
     queue_depth: int
     active_rows: int
     loaded_models: int
+    caption_queue_depth: int = 0  # images queued or being decoded for captions
 
 
 @runtime_checkable

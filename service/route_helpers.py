@@ -8,6 +8,8 @@ other.
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -42,6 +44,9 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     watcher = asyncio.ensure_future(watch())
     try:
         done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # this request was cancelled (shutdown): so is its work
+        task.cancel()
+        raise
     finally:
         watcher.cancel()
     if task not in done:
@@ -83,10 +88,45 @@ def check_texts(inputs: str | list[str], settings: Settings) -> list[str]:
 
 
 def check_text(text: str, field: str, settings: Settings) -> str:
-    """One text: non-empty and within `max_chars_per_text` (BadRequest naming `field`)."""
-    if not text.strip():
-        raise BadRequest(f"{field}: text is empty", field)
+    """One text: non-empty, within `max_chars_per_text`, and plain text: no lone surrogates
+    (not encodable as UTF-8) and no control characters other than whitespace (BadRequest
+    naming `field`)."""
     if len(text) > settings.max_chars_per_text:
         raise BadRequest(f"{field}: {len(text)} characters is over the limit of "
                          f"{settings.max_chars_per_text} (max_chars_per_text)", field)
+    check_plain(text, field)
+    if not text.strip():
+        raise BadRequest(f"{field}: text is empty", field)
     return text
+
+
+# lone surrogates and control characters other than whitespace (tab, newlines, FF, VT, NEL)
+_NOT_TEXT = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff]")
+
+
+SAFE_INT = 2**53
+
+
+def check_param(value: Any, field: str) -> Any:
+    """A policy parameter: a boolean, a string or a finite number within ±2^53 (BadRequest
+    naming `field`); the same rule as /v1's `params` schema."""
+    if isinstance(value, bool | str):
+        if isinstance(value, str):
+            check_plain(value, field)
+        return value
+    if isinstance(value, int) and -SAFE_INT <= value <= SAFE_INT:
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    raise BadRequest(f"{field}: must be a boolean, a string, or a finite number within ±2^53",
+                     field)
+
+
+def check_plain(text: str, field: str) -> None:
+    """BadRequest naming `field` when `text` holds a lone surrogate or a control character."""
+    bad = _NOT_TEXT.search(text)
+    if bad is not None:
+        ch = bad.group()
+        kind = "a lone surrogate" if "\ud800" <= ch <= "\udfff" else "a control character"
+        raise BadRequest(f"{field}: U+{ord(ch):04X} at position {bad.start()} is {kind}, not "
+                         f"text", field)

@@ -2,8 +2,9 @@
 
 Limits are checked here, before the engine sees the request, with a 400 naming the field:
 images per request (`max_images_per_request`), bytes per image (`max_image_bytes`), pixels per
-image (`max_image_pixels`, read from the image header *before* decoding, so a decompression bomb
-is never decoded) and tokens (`max_caption_tokens`). No torch here.
+image (`max_image_pixels`) and aspect ratio (`max_image_aspect`), both read from the image header
+*before* decoding, so neither a decompression bomb nor a 1×200000 strip is ever decoded, and
+tokens (`max_caption_tokens`). No torch here.
 
 Stream format (`text/event-stream`): `event: token` with {index, text, token_id, exit_layer} as
 each token is decided, `event: result` with {index, ...CaptionResultOut} when an image's caption
@@ -26,6 +27,7 @@ from fastapi.responses import StreamingResponse
 from PIL import Image
 
 from service.errors import CODES
+from service.image_limits import ImageLimits, check_header
 from service.progressive import require_model
 from service.protocol import (
     BadRequest,
@@ -50,6 +52,7 @@ def check_images(body: CaptionBody, settings: Settings) -> list[bytes]:
     if len(items) > settings.max_images_per_request:
         raise BadRequest(f"images: {len(items)} images is over the limit of "
                          f"{settings.max_images_per_request} (max_images_per_request)", "images")
+    limits = ImageLimits(settings.max_image_pixels, settings.max_image_aspect)
     out = []
     for i, b64 in enumerate(items):
         name = f"images[{i}]"
@@ -63,26 +66,24 @@ def check_images(body: CaptionBody, settings: Settings) -> list[bytes]:
         if len(raw) > settings.max_image_bytes:
             raise BadRequest(f"{name}: {len(raw)} bytes is over the limit of "
                              f"{settings.max_image_bytes} (max_image_bytes)", name)
-        check_pixels(raw, name, settings.max_image_pixels)
+        check_pixels(raw, name, limits)
         out.append(raw)
     return out
 
 
-def check_pixels(raw: bytes, name: str, limit: int) -> None:
-    """Read only the header: size within `limit` pixels, else 400 (the image is not decoded)."""
+def check_pixels(raw: bytes, name: str, limits: ImageLimits) -> None:
+    """Read only the header: size within `limits` (pixels, aspect ratio), else 400 naming
+    `name` and the limit (the image is not decoded)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(raw)) as im:  # lazy: parses the header only
-                w, h = im.size
+                check_header(im, name, limits)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadRequest(f"{name}: image is too large to decode (decompression bomb guard); "
-                         f"limit {limit} pixels (max_image_pixels)", name) from None
+                         f"limit {limits.max_pixels} pixels (max_image_pixels)", name) from None
     except (OSError, ValueError, SyntaxError):
         raise BadRequest(f"{name}: not a readable image (PNG, JPEG, ...)", name) from None
-    if w * h > limit:
-        raise BadRequest(f"{name}: {w}x{h} = {w * h} pixels is over the limit of {limit} "
-                         f"(max_image_pixels)", name)
 
 
 @router.post("/v1/caption", response_model=CaptionResponse, tags=["inference"],

@@ -37,6 +37,7 @@ from service.protocol import (
 )
 from service.route_helpers import (
     ERRORS,
+    check_param,
     check_text,
     engine_of,
     label_request,
@@ -59,6 +60,7 @@ router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 RESERVED = {"policy", "latency_budget_ms", "deadline_ms", "binary_data_output", "return_trace",
             "shadow"}
 OUTPUTS = ("LABEL", "LABEL_ID", "PROBS", "EXIT_LAYER")
+MAX_MS = 3_600_000  # the largest budget or deadline, as on /v1
 
 
 @router.get("", response_model=ServerMetadata)
@@ -139,7 +141,8 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
     label_request(request, names, len(texts))
     results = await unless_disconnected(request, engine.classify(ClassifyRequest(
         texts=texts, model=info.name, policy=policy,
-        params={k: v for k, v in params.items() if k not in RESERVED},
+        params={k: check_param(v, f"parameters.{k}") for k, v in params.items()
+                if k not in RESERVED},
         latency_budget_ms=budget, deadline_ms=deadline, request_id=request.state.request_id,
         shadow=shadow)))
     request.state.labels.queue_seconds = max(r.queue_ms for r in results) / 1e3
@@ -159,9 +162,14 @@ def _positive(params: dict[str, Any], key: str) -> float | None:
     v = params.get(key)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
-        raise BadRequest(f"parameters.{key} must be a positive finite number, got {v!r}",
-                         f"parameters.{key}")
+    try:
+        ok = not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v) \
+            and 0 < v <= MAX_MS
+    except OverflowError:  # an int too large for a float
+        ok = False
+    if not ok:
+        raise BadRequest(f"parameters.{key} must be a positive finite number up to {MAX_MS:g}, "
+                         f"got {str(v)[:40]}", f"parameters.{key}")
     return float(v)
 
 

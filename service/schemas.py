@@ -7,7 +7,7 @@ field name is a 400 naming the field rather than a silently ignored option. Size
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,7 +15,9 @@ from policies.names import PolicyName
 from service.protocol import CaptionResult, ClassifyResult, ModelInfo
 from service.settings import Settings
 
-ParamValue = bool | int | float | str
+SAFE_INT = 2**53  # params beyond this are not exact as floats (service/route_helpers.py)
+ParamValue = (bool | Annotated[int, Field(ge=-SAFE_INT, le=SAFE_INT)]
+              | Annotated[float, Field(allow_inf_nan=False)] | str)
 MIN_DEADLINE_MS = 50.0  # shorter deadlines cannot be met over HTTP; rejected as bad input
 
 _STRICT = ConfigDict(extra="forbid", strict=True)

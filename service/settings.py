@@ -26,7 +26,8 @@ Precision = Literal["fp32", "int8"]
 
 class Settings(BaseSettings):
     """All knobs of one eeserve process. Limits are enforced by the HTTP layer before the
-    engine sees a request, except `max_image_pixels`, which needs the decoded image."""
+    engine sees a request (image sizes from the image's header, before decoding); the engine
+    checks the image limits again for its other callers."""
 
     model_config = SettingsConfigDict(env_prefix="EESERVE_", extra="ignore",
                                       validate_default=True)
@@ -99,12 +100,34 @@ class Settings(BaseSettings):
                                 "`truncated: true`) or answer 400")
     max_images_per_request: int = Field(8, ge=1)
     max_image_bytes: int = Field(5 * MiB, ge=1)
-    max_image_pixels: int = Field(16_000_000, ge=1)
+    max_image_pixels: int = Field(16_000_000, ge=1, description="pixels in an image's header "
+                                  "(checked before decoding)")
+    max_image_aspect: float = Field(20.0, ge=1.0, le=10_000, description="long side / short "
+                                    "side of an image (checked before decoding)")
+    caption_queue_limit: int = Field(32, ge=1, description="images queued or being decoded "
+                                     "for captioning before 429 (checked before decoding)")
+    image_threads: int = Field(1, ge=1, le=64, description="threads decoding images (their own "
+                               "pool, apart from tokenisation)")
+    tokenize_threads: int = Field(1, ge=1, le=64, description="threads tokenising texts (their "
+                                  "own pool, apart from image decoding)")
     max_caption_tokens: int = Field(32, ge=1)
     request_timeout_ms: float = Field(30_000, gt=0, description="default (and largest) deadline")
 
+    # ---- connections (service/serving.py) -----------------------------------------------------
+    timeout_headers_s: float = Field(10.0, gt=0, le=3600, description="a request's head must "
+                                     "arrive within this long (from connecting, or from its "
+                                     "first byte); else 408 and the connection is closed")
+    timeout_body_s: float = Field(30.0, gt=0, le=3600, description="a request's body must "
+                                  "arrive within this long after its head; else 408 and close")
+    timeout_keep_alive_s: float = Field(75.0, ge=1, le=3600, description="idle keep-alive "
+                                        "connections are closed after this long (above "
+                                        "common client and load-balancer pool expiry)")
+    max_connections: int = Field(1024, ge=1, le=1_000_000, description="open connections; "
+                                 "one more is answered 503 and closed")
+
     # ---- lifecycle and logging -------------------------------------------------------------------
-    shutdown_grace_s: float = Field(10.0, ge=0)
+    shutdown_grace_s: float = Field(10.0, ge=0, description="in-flight requests may finish for "
+                                    "this long after SIGTERM; then they are answered 503")
     log_json: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -130,7 +153,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _finite(self) -> Settings:
-        for name in ("max_queue_delay_ms", "request_timeout_ms", "shutdown_grace_s"):
+        for name in ("max_queue_delay_ms", "request_timeout_ms", "shutdown_grace_s",
+                     "timeout_headers_s", "timeout_body_s", "timeout_keep_alive_s"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite")
         return self

@@ -12,23 +12,36 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import send_error
 from service.middleware import endpoint_of
+from service.protocol import EngineStatus
 
 
 class LoadShedMiddleware:
-    def __init__(self, app: ASGIApp, queue_limit: int, retry_after_s: int = 1):
+    def __init__(self, app: ASGIApp, queue_limit: int, retry_after_s: int = 1,
+                 caption_queue_limit: int | None = None):
         self.app = app
         self.queue_limit = queue_limit
+        self.caption_queue_limit = caption_queue_limit  # images (None: not checked here)
         self.retry_after = str(retry_after_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] == "http" and scope.get("method") == "POST"
                 and endpoint_of(scope["path"]) is not None):
             engine = getattr(scope["app"].state, "engine", None)
-            if engine is not None and engine.status().queue_depth >= self.queue_limit:
+            full = self._full(engine.status(), scope["path"]) if engine is not None else None
+            if full is not None:
                 rid = scope.get("state", {}).get("request_id", "")
-                await send_error(send, 429, "overloaded",
-                                 f"queue full: limit {self.queue_limit} texts (queue_limit); "
-                                 f"retry after {self.retry_after} s", rid,
+                await send_error(send, 429, "overloaded", f"queue full: limit {full}; retry "
+                                 f"after {self.retry_after} s", rid,
                                  {"Retry-After": self.retry_after})
                 return
         await self.app(scope, receive, send)
+
+    def _full(self, status: EngineStatus, path: str) -> str | None:
+        """Which limit a request to `path` would meet, or None when there is room."""
+        if path == "/v1/caption" and self.caption_queue_limit is not None:
+            if status.caption_queue_depth >= self.caption_queue_limit:  # before 8 images parse
+                return f"{self.caption_queue_limit} images (caption_queue_limit)"
+            return None
+        if status.queue_depth >= self.queue_limit:
+            return f"{self.queue_limit} texts (queue_limit)"
+        return None

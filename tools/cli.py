@@ -1,7 +1,9 @@
 """`eeserve` command line: one module per subcommand in tools/commands/.
 
 Each module offers `add_parser(subparsers)` and `run(args) -> int`. Expected failures (bad data,
-bad artifact, bad policy parameter) end with one line `eeserve: error: ...` and exit status 2.
+bad artifact, bad policy parameter) end with one line `eeserve: error: ...` and exit status 2;
+unexpected ones with one line naming the exception and exit status 1 (`EESERVE_DEBUG=1` shows
+the traceback instead).
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"eeserve: error: {msg}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 -- every path ends in its result or one line
+        if os.environ.get("EESERVE_DEBUG"):
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(f"eeserve: error: {type(e).__name__}: {first} (unexpected; EESERVE_DEBUG=1 "
+              f"shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,29 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import io
 import logging
 import math
 import random
 import threading
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from PIL import Image
 
 from models.captioner import CaptionState, MultiExitCaptioner, TokenBatch
-from models.image_encoder import ImageConfig, preprocess
 from policies import ExitPolicy
 from policies.base import decide
 from service.engine.config import ShadowConfig
 from service.engine.handles import PolicyKey, now
 from service.engine.served import ServedModel
 from service.protocol import (
-    BadRequest,
     CaptionEvent,
     CaptionResult,
     DeadlineExceeded,
@@ -209,19 +204,35 @@ class CaptionRunner:
         self.cond = threading.Condition()
         self.pending: deque[CaptionHandle] = deque()
         self.pending_rows = 0
+        self.reserved_rows = 0  # images admitted by `reserve`, being decoded
         self.cohorts: list[CaptionCohort] = []
         self.closed = False
         self.stopped = False
         self.layer_cost_s: dict[str, float] = {}  # model -> EMA of one decoder layer step
 
     # ---- event-loop side ------------------------------------------------------------------
-    def submit(self, h: CaptionHandle) -> None:
+    def reserve(self, images: int) -> None:
+        """Claim queue room before decoding, so overload is refused before any image work."""
         with self.cond:
             if self.closed:
                 raise NotReady("server is shutting down; not accepting new requests")
-            if self.pending_rows + h.size > self.queue_limit:
-                raise Overloaded(f"queue full: {self.pending_rows} images waiting, limit "
-                                 f"{self.queue_limit} (queue_limit)", retry_after_s=1.0)
+            waiting = self.pending_rows + self.reserved_rows
+            if waiting + images > self.queue_limit:
+                raise Overloaded(f"queue full: {waiting} images waiting, limit "
+                                 f"{self.queue_limit} (caption_queue_limit)", retry_after_s=1.0)
+            self.reserved_rows += images
+
+    def release(self, images: int) -> None:
+        """Give back a reservation (the request failed before `submit`)."""
+        with self.cond:
+            self.reserved_rows -= images
+
+    def submit(self, h: CaptionHandle) -> None:
+        """Queue a request whose images were reserved (the reservation passes to the queue)."""
+        with self.cond:
+            self.reserved_rows -= h.size
+            if self.stopped:
+                raise NotReady("server is shutting down; not accepting new requests")
             self.pending.append(h)
             self.pending_rows += h.size
             self.cond.notify()
@@ -396,23 +407,6 @@ class CaptionRunner:
             per_layer = sum(step.layer_seconds) / len(step.layer_seconds)
             old = self.layer_cost_s.get(model)
             self.layer_cost_s[model] = per_layer if old is None else 0.8 * old + 0.2 * per_layer
-
-
-def decode_images(images: list[bytes], cfg: ImageConfig) -> torch.Tensor:
-    """Encoded image files → (n, 3, S, S) pixels; BadRequest naming `images[i]` when unreadable."""
-    ims = []
-    for i, raw in enumerate(images):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(raw)) as im:
-                    im.load()
-                    ims.append(im.convert("RGB"))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-                Image.DecompressionBombWarning) as e:
-            raise BadRequest(f"images[{i}]: not a readable image ({type(e).__name__})",
-                             f"images[{i}]") from None
-    return preprocess(ims, cfg)
 
 
 @torch.inference_mode()

@@ -46,6 +46,11 @@ class EngineConfig:
     onnx_spinning: bool = False
     parallel_steps: int = 2  # model calls of one round run this many at a time (onnx only)
     shadow: ShadowConfig = ShadowConfig()
+    max_image_pixels: int = 16_000_000  # header pixels of one image (service/engine/images.py)
+    max_image_aspect: float = 20.0  # long side / short side of one image
+    caption_queue_limit: int = 32  # images queued or decoding before Overloaded
+    image_threads: int = 1  # image decoding pool
+    tokenize_threads: int = 1  # tokenisation pool
 
     @classmethod
     def from_settings(cls, s: Settings) -> EngineConfig:
@@ -56,7 +61,10 @@ class EngineConfig:
                    request_timeout_ms=s.request_timeout_ms, long_text=s.long_text,
                    torch_threads=s.torch_threads, backend=s.backend, precision=s.precision,
                    onnx_threads=s.onnx_threads, onnx_spinning=s.onnx_spinning,
-                   parallel_steps=s.parallel_steps, shadow=ShadowConfig(
+                   parallel_steps=s.parallel_steps, max_image_pixels=s.max_image_pixels,
+                   max_image_aspect=s.max_image_aspect,
+                   caption_queue_limit=s.caption_queue_limit, image_threads=s.image_threads,
+                   tokenize_threads=s.tokenize_threads, shadow=ShadowConfig(
                        rate=s.shadow_rate, model_rates=tuple(sorted(s.shadow_model_rates.items())),
                        max_rows=s.shadow_max_rows, max_age_s=s.shadow_max_age_s,
                        window=s.shadow_window, confidence=s.shadow_confidence,

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -20,14 +21,16 @@ import torch
 from models.base import Encoded
 from models.loading import BackendChoice, load_artifact, resolve_device
 from policies.names import known_policy
-from service.engine.captioning import CaptionHandle, CaptionRunner, decode_images
+from service.engine.captioning import CaptionHandle, CaptionRunner
 from service.engine.captioning import warm_up as warm_up_captioner
 from service.engine.config import EngineConfig
 from service.engine.handles import PolicyKey, RequestHandle, now
+from service.engine.images import decode_images
 from service.engine.live import LiveAgreement
 from service.engine.scheduler import Scheduler
 from service.engine.served import ServedModel, seed_step_cost
 from service.engine.tokenize import TokenBatcher
+from service.image_limits import ImageLimits
 from service.protocol import (
     BadRequest,
     CaptionEvent,
@@ -64,6 +67,9 @@ class InProcessEngine:
         self.captions: CaptionRunner | None = None  # worker for captioner models, when loaded
         self._caption_thread: threading.Thread | None = None
         self._tokenizers: dict[str, TokenBatcher] = {}  # per text model, event loop only
+        # separate bounded pools: images being decoded never hold up tokenisation
+        self._image_pool = ThreadPoolExecutor(cfg.image_threads, "eeserve-images")
+        self._token_pool = ThreadPoolExecutor(cfg.tokenize_threads, "eeserve-tokens")
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -78,8 +84,8 @@ class InProcessEngine:
         self._ready = bool(self.served) and not self.failed
 
     def _start_captions(self) -> None:
-        self.captions = CaptionRunner(self.cfg.max_batch_size, self.cfg.queue_limit, self.sink,
-                                      self.cfg.shadow)
+        self.captions = CaptionRunner(self.cfg.max_batch_size, self.cfg.caption_queue_limit,
+                                      self.sink, self.cfg.shadow)
         self._caption_thread = threading.Thread(target=self._caption_worker,
                                                 name="eeserve-captions", daemon=True)
         self._caption_thread.start()
@@ -230,6 +236,8 @@ class InProcessEngine:
             sched.cond.notify_all()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 5.0)
+        self._image_pool.shutdown(wait=False, cancel_futures=True)
+        self._token_pool.shutdown(wait=False, cancel_futures=True)
 
     def ready(self) -> bool:
         return self._ready
@@ -246,7 +254,8 @@ class InProcessEngine:
                             (c.pending_rows if c else 0),
                             active_rows=(s.active_rows() if s else 0) +
                             (c.active_rows() if c else 0),
-                            loaded_models=len(self.served))
+                            loaded_models=len(self.served),
+                            caption_queue_depth=(c.pending_rows + c.reserved_rows if c else 0))
 
     def resolve(self, task: Task, model: str | None, policy: str | None) -> ResolvedNames:
         """The names `classify` / `caption` run a request under (EngineClient.resolve)."""
@@ -303,7 +312,7 @@ class InProcessEngine:
         self.scheduler.submit(handle)
         try:
             return await asyncio.wait_for(asyncio.shield(handle.future),
-                                          timeout_ms / 1e3 + 1.0)
+                                          max(0.0, handle.deadline - now()) + 1.0)
         except TimeoutError:
             handle.cancel()
             raise DeadlineExceeded(f"no answer within {timeout_ms:.0f} ms", "deadline_ms") \
@@ -312,10 +321,32 @@ class InProcessEngine:
             handle.cancel()  # the client went away: its rows leave at the next step
             raise
 
+    async def _decode(self, images: list[bytes], served: ServedModel,
+                      deadline: float) -> torch.Tensor:
+        """Reserve caption queue room, then decode on the image pool within the deadline
+        (queue full → Overloaded before any decoding; deadline → DeadlineExceeded)."""
+        assert self.captions is not None
+        self.captions.reserve(len(images))
+        limits = ImageLimits(self.cfg.max_image_pixels, self.cfg.max_image_aspect)
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(self._image_pool, decode_images, images,
+                                   served.captioner.config.image, limits, deadline)
+        runner, n = self.captions, len(images)
+        try:
+            return await asyncio.wait_for(asyncio.shield(job), max(0.0, deadline - now()))
+        except BaseException as e:  # the room is given back once the decoding thread is done
+            job.add_done_callback(lambda _: runner.release(n))
+            job.add_done_callback(_consume)
+            if isinstance(e, TimeoutError):
+                raise DeadlineExceeded("deadline passed while decoding images",
+                                       "deadline_ms") from None
+            raise
+
     def _token_batcher(self, served: ServedModel) -> TokenBatcher:
         batcher = self._tokenizers.get(served.name)
         if batcher is None:
-            batcher = self._tokenizers[served.name] = TokenBatcher(served.text_model)
+            batcher = self._tokenizers[served.name] = TokenBatcher(served.text_model,
+                                                                   self._token_pool)
         return batcher
 
     async def reset_retuning(self, model: str) -> int:
@@ -354,20 +385,21 @@ class InProcessEngine:
                              f"{served.captioner.max_positions} for this model", "max_tokens")
         max_tokens = req.max_tokens or cap
         arrival = now()
-        pixels = await asyncio.to_thread(decode_images, req.images, served.captioner.config.image)
         timeout_ms = min(req.deadline_ms or self.cfg.request_timeout_ms,
                          self.cfg.request_timeout_ms)
+        deadline = arrival + timeout_ms / 1e3
+        pixels = await self._decode(req.images, served, deadline)  # reserves queue room
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Any] = asyncio.Queue()
         handle = CaptionHandle(
             served=served, policy=key, policy_obj=policy, pixels=pixels, max_tokens=max_tokens,
             events=events, loop=loop, request_id=req.request_id, arrival=arrival,
-            deadline=arrival + timeout_ms / 1e3,
+            deadline=deadline,
             budget_s=req.latency_budget_ms / 1e3 if req.latency_budget_ms else None,
             stream_tokens=stream_tokens)
         self.captions.submit(handle)
         left = handle.size
-        end = loop.time() + timeout_ms / 1e3 + 1.0
+        end = loop.time() + max(0.0, deadline - now()) + 1.0  # from arrival, not from here
         try:
             while left:
                 try:
@@ -382,6 +414,12 @@ class InProcessEngine:
                 yield item
         finally:
             handle.cancel()  # finished, failed or the client went away: rows leave
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    """Read a finished future's exception so nobody logs it as never retrieved."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _hashable(v: Any) -> Any:

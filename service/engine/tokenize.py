@@ -4,12 +4,14 @@ Each request used to hand its texts to a helper thread on its own; under load th
 thread hand-off and one small tokenizer call per request, all competing for the GIL. Here the
 texts of every request that arrives while a tokenizer call runs wait for the next call, which
 takes them all at once (the Rust tokenizer runs the batch without the GIL); each request then
-gets its own padded `Encoded`.
+gets its own padded `Encoded`. The calls run on the engine's tokenisation pool, apart from image
+decoding, so a flood of images never holds up a text.
 """
 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from models.base import Encoded, StepModel
@@ -25,8 +27,9 @@ class _Wait:
 class TokenBatcher:
     """One per model; used from the event loop only."""
 
-    def __init__(self, model: StepModel):
+    def __init__(self, model: StepModel, pool: Executor | None = None):
         self.model = model
+        self.pool = pool  # the engine's tokenisation pool (None: asyncio's default pool)
         self.pending: list[_Wait] = []
         self.busy = False
         self.calls = 0  # tokenizer calls made (for tests and stats)
@@ -46,8 +49,9 @@ class TokenBatcher:
                 group, self.pending = self.pending, []
                 texts = [t for w in group for t in w.texts]
                 try:
-                    rows, cut = await asyncio.to_thread(
-                        tokenize_rows, self.model.tokenizer, texts, self.model.config.max_length)
+                    rows, cut = await asyncio.get_running_loop().run_in_executor(
+                        self.pool, tokenize_rows, self.model.tokenizer, texts,
+                        self.model.config.max_length)
                 except Exception as e:  # noqa: BLE001 -- each waiting request gets the error
                     for w in group:
                         if not w.future.done():

@@ -82,10 +82,9 @@ def default_models() -> tuple[list[str], list[BuildJob]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from service.app import create_app
     from service.logging_setup import logging_config
+    from service.serving import run_server
 
     settings = settings_from(args)
     builds: list[BuildJob] = []
@@ -99,8 +98,6 @@ def run(args: argparse.Namespace) -> int:
         if not Path(m).is_dir():
             raise CliError(f"{m}: no such artifact directory")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    uvicorn.run(create_app(settings, builds=builds), host=settings.host, port=settings.port,
-                log_config=logging_config(settings.log_json, settings.log_level),
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
-                access_log=False, timeout_keep_alive=75)  # > clients' pool expiry (httpx 5 s)
+    run_server(create_app(settings, builds=builds), settings,
+               log_config=logging_config(settings.log_json, settings.log_level))
     return 0

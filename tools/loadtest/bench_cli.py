@@ -34,9 +34,13 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
     requests = args.requests
     if requests is None and args.duration is None:
         requests = DEFAULT_REQUESTS
+    try:
+        bound = Bound(requests=requests, duration_s=args.duration)
+    except ValueError as e:
+        raise CliError(f"--requests / --duration: {e}") from None
     return BenchPlan(url=url, policies=list(args.policy or [None]),
                      loads=loads or [LoadSpec("closed", 1.0)],
-                     bound=Bound(requests=requests, duration_s=args.duration),
+                     bound=bound,
                      warmup=args.warmup,
                      slo_ms=args.slo_ms if args.slo_ms is not None else args.latency_budget_ms,
                      timeout_s=args.timeout, max_connections=args.max_connections,

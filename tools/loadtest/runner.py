@@ -85,7 +85,7 @@ async def run_bench(plan: BenchPlan, workload_for: Callable[[str | None], Worklo
             try:
                 outcomes = await _one_run(plan, workload, load, _hook(bar))
             finally:
-                if bar:
+                if bar is not None:  # not `if bar`: tqdm without a total refuses bool()
                     bar.close()
             report.runs.append(summarize(policy_label(policy), load, outcomes, plan.slo_ms))
     return report

@@ -78,3 +78,34 @@ async def test_a_disconnect_cancels_the_work() -> None:
         await unless_disconnected(FakeRequest(0.01), work())  # type: ignore[arg-type]
     await asyncio.wait_for(cancelled.wait(), 5)
     assert started.is_set()
+
+
+@pytest.mark.parametrize("text,kind", [("a\ud800", "lone surrogate"), ("\x00", "control"),
+                                       ("x\x1b", "control"), ("\x9f", "control")])
+def test_malformed_text_is_refused_naming_the_field(text: str, kind: str) -> None:
+    with pytest.raises(BadRequest, match=kind) as e:
+        check_texts(["ok", text], S)
+    assert e.value.field == "inputs[1]"
+
+
+def test_whitespace_controls_are_text() -> None:
+    assert check_texts(["a\tb\n"], S) == ["a\tb\n"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 2**60, None, [1], {"a": 1},
+                                   "x\ud800"])
+def test_bad_policy_params_are_refused(value: Any) -> None:
+    from service.route_helpers import check_param
+
+    with pytest.raises(BadRequest) as e:
+        check_param(value, "parameters.threshold")
+    assert e.value.field == "parameters.threshold"
+
+
+def test_json_depth_is_measured_without_recursion() -> None:
+    from service.oip import depth
+
+    deep: Any = 1
+    for _ in range(5000):
+        deep = [deep]
+    assert depth(deep) == 5000 and depth({"a": [1, {"b": []}]}) == 4 and depth("x") == 0

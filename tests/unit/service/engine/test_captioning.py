@@ -86,7 +86,7 @@ async def test_engine_captions_and_streams(artifact: Path) -> None:
 
 
 def test_decoded_images_are_preprocessed_to_the_model_size(artifact: Path) -> None:
-    from service.engine.captioning import decode_images
+    from service.engine.images import decode_images
 
     model = load_caption_artifact(artifact).model
     big = io.BytesIO()
