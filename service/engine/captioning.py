@@ -8,7 +8,8 @@ decoding with a per-token early exit, on its own worker thread.
                   layer would not fit (the step-cost estimate, service/engine/cost.py).
     CaptionRunner: the task adapter; token-level continuous batching. Queued images are
                   encoded and join a cohort (one per model and policy) between tokens;
-                  finished captions (EOS, max_tokens) leave; each token is streamed to its request as soon as it is decided.
+                  finished captions (EOS, max_tokens) leave; each token is streamed to its
+                  request as soon as it is decided.
 
 The model never sees the policy and the policy never sees the model (models/captioner.py).
 """
