@@ -79,8 +79,8 @@ class Cohort:
             return None
         mask = torch.tensor(list(keep), dtype=torch.bool)  # (B,) the batch moves it if needed
         return Cohort(self.model, self.policy_name, self.policy, self.batch.filter(mask),
-                      self.state.filter(mask), [r for r, k in zip(self.rows, keep, strict=True)
-                                                if k])
+                      self.state.filter(mask),
+                      [r for r, k in zip(self.rows, keep, strict=True) if k], self.skipped)
 
     def split(self, cap: int) -> list[Cohort]:
         """This cohort cut into pieces of at most `cap` rows (same layer, same policy)."""

@@ -177,22 +177,28 @@ class EngineLoop(ABC, Generic[H, A]):
     # ---- the worker loop -------------------------------------------------------------------
     def run_forever(self) -> None:
         try:
-            while True:
-                taken = self._schedule()
-                if taken is None:
-                    return
-                if not taken and not self.active_rows():
-                    self._idle_step()
-                    continue
-                started = self.clock()
-                self._admit(taken)
-                rows = self.active_rows()
-                self._run_round()
-                self._observe_round(self.clock() - started, rows)
-                self._publish()
+            while self.run_once():
+                pass
         finally:
             self._on_exit()
             self._publish()
+
+    def run_once(self) -> bool:
+        """One turn of the loop: schedule, admit, one round of steps (or one piece of idle
+        work); False when the loop should end. Blocks while there is nothing to do."""
+        taken = self._schedule()
+        if taken is None:
+            return False
+        if not taken and not self.active_rows():
+            self._idle_step()
+            return True
+        started = self.clock()
+        self._admit(taken)
+        rows = self.active_rows()
+        self._run_round()
+        self._observe_round(self.clock() - started, rows)
+        self._publish()
+        return True
 
     def _schedule(self) -> list[A] | None:
         """What to admit this round ([] for nothing), or None when the loop should end."""

@@ -228,6 +228,7 @@ class Scheduler(EngineLoop[RequestHandle, Chunk]):
                             getattr(served.model, "device", "cpu"))
 
     def _run_round(self) -> None:
+        self._drop_finished()
         self.round_rows = self.active_rows()
         groups: dict[tuple[str, int, bool], list[Cohort]] = defaultdict(list)
         survivors: list[Cohort] = []
@@ -250,6 +251,26 @@ class Scheduler(EngineLoop[RequestHandle, Chunk]):
             else:
                 survivors.extend(c.stepped(b) for c, b in zip(job.cohorts, ran.value, strict=True))
         self.cohorts = _merge(survivors, self.row_cap)
+
+    def _drop_finished(self) -> None:
+        """Rows of cancelled, failed or expired requests leave before the next layer runs
+        (expired ones answered 504); the other rows of their cohorts go on."""
+        t = self.clock()
+        kept: list[Cohort] = []
+        for c in self.cohorts:
+            keep = [not r.handle.done and not r.handle.expired(t) for r in c.rows]
+            if not all(keep):
+                for r in c.rows:
+                    if not r.handle.done and r.handle.expired(t):
+                        r.handle.fail(DeadlineExceeded(f"request {r.handle.request_id} passed "
+                                                       f"its deadline after exit {c.layer}",
+                                                       "deadline_ms"))
+                left = c.filter(keep)
+                if left is not None:
+                    kept.append(left)
+            else:
+                kept.append(c)
+        self.cohorts = kept
 
     def _call_all(self, jobs: list[Job]) -> list[Called]:
         """Run this round's model calls: on the worker thread, or -- when there are several and
