@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""Engine before/after benchmark for the engine frame (issue 13): the same closed-loop load as
+scripts/engine_throughput.py (`--clients` concurrent single-text requests over the test split,
+engine in-process, no HTTP), run on two code trees in alternating subprocesses, several rounds.
+
+Each run is a fresh `python` whose imports come from one tree (PYTHONPATH), so "before" runs the
+old engine code and "after" the new one, on the same model, backend and settings; the order of
+trees alternates every round so drift on a shared machine hits both alike. Medians per
+(tree, backend) of requests/s and client-side p50/p99.
+
+    git -C /work/main worktree add --detach /work/wt-before f6bf745
+    python scripts/engine_frame_bench.py /work/main/artifacts/text-default \
+        --before /work/wt-before --after . --backend onnx torch --rounds 5 \
+        --json docs/figures/engine_frame_bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- child: one run on the tree it was started in -------------------------------------------
+async def _child(args: argparse.Namespace) -> dict[str, Any]:
+    import service  # from PYTHONPATH: the tree under test
+    from models.data import load_movie_reviews
+    from service.engine import EngineConfig, InProcessEngine
+    from service.protocol import ClassifyRequest
+
+    engine = InProcessEngine(EngineConfig(
+        models=(args.artifact,), device="cpu", max_batch_size=args.batch, queue_limit=10_000,
+        backend=args.backend[0], torch_threads=args.threads, onnx_threads=args.threads))
+    await engine.start()
+    texts = load_movie_reviews().test.texts
+    for i in range(2):  # warm-up
+        await engine.classify(ClassifyRequest(texts=texts[i * 16:(i + 1) * 16],
+                                              policy=args.policy))
+    nxt, lat, exits = 0, [], []
+
+    async def client() -> None:
+        nonlocal nxt
+        while nxt < args.n:
+            t = texts[nxt % len(texts)]
+            nxt += 1
+            t0 = time.perf_counter()
+            res = await engine.classify(ClassifyRequest(texts=[t], policy=args.policy))
+            lat.append((time.perf_counter() - t0) * 1e3)
+            exits.append(res[0].exit_layer)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(args.clients)))
+    wall = time.perf_counter() - t0
+    await engine.shutdown(5)
+    return {"req_s": args.n / wall, "p50_ms": statistics.median(lat),
+            "p99_ms": statistics.quantiles(lat, n=100)[98], "mean_exit": statistics.mean(exits),
+            "service": str(Path(service.__file__).parent)}
+
+
+def _run(tree: Path, backend: str, args: argparse.Namespace) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(tree.resolve()), "OMP_WAIT_POLICY": "PASSIVE",
+           "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, str(Path(__file__).resolve()), args.artifact, "--child",
+           "--backend", backend, "--policy", args.policy, "--clients", str(args.clients),
+           "--n", str(args.n), "--batch", str(args.batch), "--threads", str(args.threads)]
+    out = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"run on {tree} ({backend}) failed: {out.stderr[-2000:]}")
+    got: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    if Path(got["service"]).resolve() != (tree / "service").resolve():
+        raise SystemExit(f"run on {tree} imported {got['service']}")
+    return got
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("artifact")
+    ap.add_argument("--before", type=Path, default=Path("/work/wt-before"))
+    ap.add_argument("--after", type=Path, default=ROOT)
+    ap.add_argument("--backend", nargs="+", default=["onnx", "torch"])
+    ap.add_argument("--policy", default="none")
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--n", type=int, default=320)
+    ap.add_argument("--batch", type=int, default=16, help="engine max_batch_size")
+    ap.add_argument("--threads", type=int, default=1, help="torch / onnx intra-op threads")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(asyncio.run(_child(args))), flush=True)
+        return 0
+    trees = {"before": args.before, "after": args.after}
+    runs: dict[str, list[dict[str, Any]]] = {f"{t} {b}": [] for b in args.backend for t in trees}
+    for i in range(args.rounds):
+        order = list(trees) if i % 2 == 0 else list(trees)[::-1]
+        for backend in args.backend:
+            for name in order:
+                r = _run(trees[name], backend, args)
+                runs[f"{name} {backend}"].append(r)
+                print(f"round {i + 1} {name:6s} {backend:5s} {r['req_s']:7.1f} req/s  "
+                      f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms", flush=True)
+    med = {k: {m: round(statistics.median(r[m] for r in rs), 2)
+               for m in ("req_s", "p50_ms", "p99_ms", "mean_exit")} for k, rs in runs.items()}
+    print("\nmedians over rounds:")
+    for backend in args.backend:
+        b, a = med[f"before {backend}"], med[f"after {backend}"]
+        print(f"{backend:5s} before {b['req_s']:7.1f} req/s p50 {b['p50_ms']:6.1f} p99 "
+              f"{b['p99_ms']:6.1f} | after {a['req_s']:7.1f} req/s p50 {a['p50_ms']:6.1f} p99 "
+              f"{a['p99_ms']:6.1f} | after/before req/s x{a['req_s'] / b['req_s']:.3f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} vCPU",
+            "medians": med, "runs": runs}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
