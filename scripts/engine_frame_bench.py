@@ -6,7 +6,8 @@ engine in-process, no HTTP), run on two code trees in alternating subprocesses, 
 Each run is a fresh `python` whose imports come from one tree (PYTHONPATH), so "before" runs the
 old engine code and "after" the new one, on the same model, backend and settings; the order of
 trees alternates every round so drift on a shared machine hits both alike. Medians per
-(tree, backend) of requests/s and client-side p50/p99.
+(tree, backend) of requests/s, client-side p50/p99, and CPU time per request (process time
+of all the engine's threads: less sensitive than wall time to other jobs on shared cores).
 
     git -C /work/main worktree add --detach /work/wt-before f6bf745
     python scripts/engine_frame_bench.py /work/main/artifacts/text-default \
@@ -58,11 +59,12 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
             lat.append((time.perf_counter() - t0) * 1e3)
             exits.append(res[0].exit_layer)
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(client() for _ in range(args.clients)))
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     await engine.shutdown(5)
-    return {"req_s": args.n / wall, "p50_ms": statistics.median(lat),
+    return {"req_s": args.n / wall, "cpu_ms_per_req": cpu / args.n * 1e3,
+            "p50_ms": statistics.median(lat),
             "p99_ms": statistics.quantiles(lat, n=100)[98], "mean_exit": statistics.mean(exits),
             "service": str(Path(service.__file__).parent)}
 
@@ -109,15 +111,19 @@ def main() -> int:
                 r = _run(trees[name], backend, args)
                 runs[f"{name} {backend}"].append(r)
                 print(f"round {i + 1} {name:6s} {backend:5s} {r['req_s']:7.1f} req/s  "
-                      f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms", flush=True)
+                      f"cpu {r['cpu_ms_per_req']:5.2f} ms/req  p50 {r['p50_ms']:6.1f} ms  "
+                      f"p99 {r['p99_ms']:6.1f} ms", flush=True)
     med = {k: {m: round(statistics.median(r[m] for r in rs), 2)
-               for m in ("req_s", "p50_ms", "p99_ms", "mean_exit")} for k, rs in runs.items()}
+               for m in ("req_s", "cpu_ms_per_req", "p50_ms", "p99_ms", "mean_exit")}
+           for k, rs in runs.items()}
     print("\nmedians over rounds:")
     for backend in args.backend:
         b, a = med[f"before {backend}"], med[f"after {backend}"]
-        print(f"{backend:5s} before {b['req_s']:7.1f} req/s p50 {b['p50_ms']:6.1f} p99 "
-              f"{b['p99_ms']:6.1f} | after {a['req_s']:7.1f} req/s p50 {a['p50_ms']:6.1f} p99 "
-              f"{a['p99_ms']:6.1f} | after/before req/s x{a['req_s'] / b['req_s']:.3f}")
+        print(f"{backend:5s} before {b['req_s']:7.1f} req/s cpu {b['cpu_ms_per_req']:5.2f} "
+              f"ms/req p50 {b['p50_ms']:6.1f} p99 {b['p99_ms']:6.1f} | after {a['req_s']:7.1f} "
+              f"req/s cpu {a['cpu_ms_per_req']:5.2f} ms/req p50 {a['p50_ms']:6.1f} p99 "
+              f"{a['p99_ms']:6.1f} | after/before req/s x{a['req_s'] / b['req_s']:.3f}, "
+              f"cpu x{a['cpu_ms_per_req'] / b['cpu_ms_per_req']:.3f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
