@@ -70,12 +70,15 @@ async def cell(url: str, budget: float | None, rate: float, duration_s: float,
         rows = await asyncio.gather(*tasks)
     ok = [r for r in rows if r["status"] == 200]
     within = [r for r in ok if budget is None or r["compute_ms"] <= budget]
+    over = [r for r in ok if budget is not None and r["compute_ms"] > budget]
     return {
         "budget_ms": budget, "rate": rate, "sent": len(rows), "ok": len(ok),
         "within_budget": round(len(within) / max(1, len(ok)), 4),
         "accuracy": round(sum(r["correct"] for r in ok) / max(1, len(ok)), 4),
         "mean_exit": round(statistics.mean(r["exit"] for r in ok), 3) if ok else None,
         "forced": round(sum(r["forced"] for r in ok) / max(1, len(ok)), 4),
+        # over budget already at the first exit: no exit could have kept the promise
+        "over_at_first_exit": sum(r["exit"] == 1 for r in over), "over": len(over),
         "compute_p50_ms": round(statistics.median(r["compute_ms"] for r in ok), 2) if ok
         else None,
         "compute_p99_ms": round(statistics.quantiles([r["compute_ms"] for r in ok], n=100)[98],
@@ -141,7 +144,8 @@ def main() -> int:
                       f"{c['within_budget']:.2%} within, accuracy {c['accuracy']:.2%}, "
                       f"mean exit {c['mean_exit']}, forced {c['forced']:.0%}, compute p50/p99 "
                       f"{c['compute_p50_ms']}/{c['compute_p99_ms']} ms, client p50 "
-                      f"{c['client_p50_ms']} ms, {c['ok']}/{c['sent']} ok", flush=True)
+                      f"{c['client_p50_ms']} ms, {c['ok']}/{c['sent']} ok, over budget "
+                      f"{c['over']} ({c['over_at_first_exit']} at exit 1)", flush=True)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)},

@@ -2,12 +2,14 @@
 
     update(seconds, rows)  after every measured step (text: one round of the loop; captions: one
                            decoder layer of a token), rows = rows in that step
-    estimate(rows)         what the next step of `rows` rows will take: the mean of recent steps
-                           of that size plus `spread` times their mean absolute deviation
+    estimate(rows)         what the next step of `rows` rows will take: a high quantile
+                           (`quantile`, default 0.99) of the last `window` steps of that size
 
-Steps are kept per size bucket (rows rounded up to a power of two: 1, 2, 3-4, 5-8, ...), each an
-exponentially weighted mean, so the estimate follows the batch size and the load of the moment
-instead of one stale average. A bucket not measured yet borrows from the nearest measured
+Steps are kept per size bucket (rows rounded up to a power of two: 1, 2, 3-4, 5-8, ...), so the
+estimate follows the batch size and the load of the moment instead of one stale average; a
+quantile of a short window, not a mean, so one slow step (another process took the core) moves
+it for a while and then leaves it, and a budget row continues only when the next step fits
+its budget `quantile` of the time. A bucket not measured yet borrows from the nearest measured
 smaller bucket, scaled up linearly by rows (an upper bound: a layer costs less than linearly
 more per row), else from the nearest larger one, else the seed (the manifest's batch-1 profile).
 Latency budgets use `estimate`: a row leaves at the deepest exit after which one more step still
@@ -16,23 +18,33 @@ fits its budget.
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from dataclasses import dataclass, field
 
 
 @dataclass
 class Bucket:
-    """Exponentially weighted statistics of the steps of one size bucket."""
+    """The recent steps of one size bucket."""
 
-    mean_s: float
-    dev_s: float = 0.0  # mean absolute deviation from mean_s
-    rows: float = 1.0  # mean rows of the steps measured here
-    observed: int = 1
+    window: int
+    recent: deque[float] = field(default_factory=deque)  # seconds, newest last
+    rows: float = 0.0  # exponentially weighted mean rows of the steps measured here
+    _sorted: list[float] | None = None  # `recent` sorted (cached until the next step)
 
     def update(self, seconds: float, rows: int, alpha: float) -> None:
-        self.dev_s = (1 - alpha) * self.dev_s + alpha * abs(seconds - self.mean_s)
-        self.mean_s = (1 - alpha) * self.mean_s + alpha * seconds
-        self.rows = (1 - alpha) * self.rows + alpha * rows
-        self.observed += 1
+        self.recent.append(seconds)
+        if len(self.recent) > self.window:
+            self.recent.popleft()
+        self.rows = float(rows) if self.rows == 0 else (1 - alpha) * self.rows + alpha * rows
+        self._sorted = None
+
+    def quantile(self, q: float) -> float:
+        """The `q` quantile of the recent steps (nearest rank, rounded up: a high estimate)."""
+        if self._sorted is None:
+            self._sorted = sorted(self.recent)
+        xs = self._sorted
+        return xs[min(len(xs) - 1, math.ceil(q * len(xs)) - 1)]
 
 
 def bucket_of(rows: int) -> int:
@@ -49,7 +61,8 @@ class StepCost:
     seconds: float  # seeded from the manifest, then the EWMA of all steps
     alpha: float = 0.2
     observed: int = 0
-    spread: float = 2.0  # deviations added to the mean in `estimate` (a high quantile)
+    quantile: float = 0.99  # of the recent steps of a size, in `estimate`
+    window: int = 100  # recent steps kept per size bucket
     buckets: dict[int, Bucket] = field(default_factory=dict)
 
     def update(self, measured_s: float, rows: int | None = None) -> None:
@@ -58,11 +71,8 @@ class StepCost:
         self.observed += 1
         if rows is None or rows <= 0:
             return
-        b = self.buckets.get(bucket_of(rows))
-        if b is None:
-            self.buckets[bucket_of(rows)] = Bucket(measured_s, 0.0, float(rows))
-        else:
-            b.update(measured_s, rows, self.alpha)
+        b = self.buckets.setdefault(bucket_of(rows), Bucket(self.window))
+        b.update(measured_s, rows, self.alpha)
 
     def estimate(self, rows: int) -> float:
         """Seconds the next step of `rows` rows is expected to take (a high estimate)."""
@@ -77,4 +87,4 @@ class StepCost:
         else:
             b = self.buckets[min(self.buckets)]
             scale = 1.0
-        return (b.mean_s + self.spread * b.dev_s) * scale
+        return b.quantile(self.quantile) * scale

@@ -91,7 +91,7 @@ class FakeStepModel:
 def served(model: FakeStepModel, tmp_path: Path, seed_units: float = 3.0) -> ServedModel:
     loaded = LoadedModel("fake", "text-classifier", model, {"labels": ["even", "odd"]},
                          tmp_path)
-    return ServedModel(loaded, "none", "cpu", StepCost(seed_units * U, spread=2.0))
+    return ServedModel(loaded, "none", "cpu", StepCost(seed_units * U))
 
 
 def handle(ids: list[int], clock: FakeClock, policy: str = "none", name: str = "r",

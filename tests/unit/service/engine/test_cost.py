@@ -17,7 +17,7 @@ def test_the_seed_answers_until_a_step_is_measured() -> None:
 
 
 def test_the_estimate_follows_the_batch_size_not_the_overall_average() -> None:
-    cost = StepCost(0.004, alpha=0.5, spread=0.0)
+    cost = StepCost(0.004, alpha=0.5)
     for _ in range(6):
         cost.update(0.001, rows=1)
         cost.update(0.008, rows=8)
@@ -29,13 +29,16 @@ def test_the_estimate_follows_the_batch_size_not_the_overall_average() -> None:
     assert cost.estimate(6) == pytest.approx(0.008)  # 5-8 bucket, measured at 8 rows
 
 
-def test_a_noisy_size_gets_a_higher_estimate_than_a_steady_one() -> None:
-    steady, noisy = StepCost(0.01, spread=2.0), StepCost(0.01, spread=2.0)
-    for i in range(20):
-        steady.update(0.010, rows=4)
-        noisy.update(0.005 if i % 2 else 0.015, rows=4)
-    assert steady.estimate(4) == pytest.approx(0.010)
-    assert noisy.estimate(4) > 0.015  # mean plus two mean deviations
+def test_the_estimate_is_a_high_quantile_of_a_recent_window() -> None:
+    cost = StepCost(0.01, quantile=0.9, window=10)
+    for ms in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10):
+        cost.update(ms / 1e3, rows=4)
+    assert cost.estimate(4) == pytest.approx(0.009)  # 9 of the 10 recent steps fit in it
+    cost.update(0.100, rows=4)  # one slow step: the 1 ms step leaves the window
+    assert cost.estimate(4) == pytest.approx(0.010)
+    for _ in range(10):
+        cost.update(0.002, rows=4)
+    assert cost.estimate(4) == pytest.approx(0.002)  # the slow step has left the window too
 
 
 def test_a_step_without_rows_moves_only_the_overall_average() -> None:
