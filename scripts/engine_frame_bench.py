@@ -13,6 +13,8 @@ of all the engine's threads: less sensitive than wall time to other jobs on shar
     python scripts/engine_frame_bench.py /work/main/artifacts/text-default \
         --before /work/wt-before --after . --backend onnx torch --rounds 5 \
         --json docs/figures/engine_frame_bench.json
+    python scripts/engine_frame_bench.py /work/main/artifacts/text-default --backend fake \
+        --n 4000 --rounds 7 --json docs/figures/engine_frame_overhead.json
 """
 
 from __future__ import annotations
@@ -69,6 +71,87 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
             "service": str(Path(service.__file__).parent)}
 
 
+async def _child_fake(args: argparse.Namespace) -> dict[str, Any]:
+    """The frame alone: the text scheduler on a step model that computes nothing (6 exits,
+    policy none), driven like the engine drives it; what is left is the loop's own cost."""
+    import threading
+    from dataclasses import dataclass
+
+    import torch
+
+    import service
+    from models.base import Encoded, StepOutput
+    from models.loading import LoadedModel
+    from policies import build_policy
+    from service.engine.config import EngineConfig
+    from service.engine.handles import PolicyKey, RequestHandle
+    from service.engine.scheduler import Scheduler
+    from service.engine.served import ServedModel, StepCost
+    from service.stats import NullSink
+
+    @dataclass
+    class Batch:
+        ids: torch.Tensor  # (B,)
+        layer: int
+
+        def __len__(self) -> int:
+            return len(self.ids)
+
+        def filter(self, keep: torch.Tensor) -> Batch:
+            return Batch(self.ids[keep], self.layer)
+
+        @classmethod
+        def concatenate(cls, bs: list[Batch]) -> Batch:
+            return cls(torch.cat([b.ids for b in bs]), bs[0].layer)
+
+    class Model:
+        num_exits, device, backend = 6, "cpu", "torch"
+
+        def embed(self, enc: Encoded) -> Batch:
+            return Batch(enc.input_ids[:, 0].clone(), 0)
+
+        def advance(self, b: Batch, k: int) -> Batch:
+            return Batch(b.ids, k)
+
+        def step(self, b: Batch, k: int) -> StepOutput:
+            return StepOutput(logits=torch.zeros(len(b), 2), batch=Batch(b.ids, k))
+
+    loaded = LoadedModel("fake", "text-classifier", Model(), {"labels": ["a", "b"]}, Path("."))
+    served = ServedModel(loaded, "none", "cpu", StepCost(0.001))
+    sched = Scheduler({"fake": served}, EngineConfig(models=(), max_batch_size=args.batch,
+                                                     queue_limit=10_000), NullSink())
+    worker = threading.Thread(target=sched.run_forever, daemon=True)
+    worker.start()
+    key, pol = PolicyKey("none", ()), build_policy("none", 6)
+    loop = asyncio.get_running_loop()
+    enc = Encoded(torch.tensor([[1, 0]]), torch.ones(1, 2, dtype=torch.long), [2], [False])
+    nxt, lat = 0, []
+
+    async def client() -> None:
+        nonlocal nxt
+        while nxt < args.n:
+            nxt += 1
+            t0 = time.perf_counter()
+            h = RequestHandle(model="fake", policy=key, policy_obj=pol, encoded=enc,
+                              future=loop.create_future(), loop=loop, request_id="r",
+                              arrival=t0, deadline=t0 + 60, budget_s=None, return_trace=False)
+            sched.reserve(1)
+            sched.submit(h)
+            await h.future
+            lat.append((time.perf_counter() - t0) * 1e3)
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(client() for _ in range(args.clients)))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    with sched.cond:
+        sched.stopped = True
+        sched.cond.notify_all()
+    worker.join(5)
+    return {"req_s": args.n / wall, "cpu_ms_per_req": cpu / args.n * 1e3,
+            "p50_ms": statistics.median(lat), "p99_ms": statistics.quantiles(lat, n=100)[98],
+            "mean_exit": 6.0, "service": str(Path(service.__file__).parent)}
+
+
 def _run(tree: Path, backend: str, args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(tree.resolve()), "OMP_WAIT_POLICY": "PASSIVE",
            "TOKENIZERS_PARALLELISM": "false"}
@@ -89,7 +172,9 @@ def main() -> int:
     ap.add_argument("artifact")
     ap.add_argument("--before", type=Path, default=Path("/work/wt-before"))
     ap.add_argument("--after", type=Path, default=ROOT)
-    ap.add_argument("--backend", nargs="+", default=["onnx", "torch"])
+    ap.add_argument("--backend", nargs="+", default=["onnx", "torch"],
+                    help="onnx / torch: the default model; fake: the frame alone, on a step "
+                         "model that computes nothing")
     ap.add_argument("--policy", default="none")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--n", type=int, default=320)
@@ -100,7 +185,8 @@ def main() -> int:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(asyncio.run(_child(args))), flush=True)
+        run = _child_fake if args.backend[0] == "fake" else _child
+        print(json.dumps(asyncio.run(run(args))), flush=True)
         return 0
     trees = {"before": args.before, "after": args.after}
     runs: dict[str, list[dict[str, Any]]] = {f"{t} {b}": [] for b in args.backend for t in trees}
