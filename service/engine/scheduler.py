@@ -318,8 +318,9 @@ class Scheduler(EngineLoop[RequestHandle, Chunk]):
     def _update(self, served: ServedModel, c: Cohort, logits: torch.Tensor,
                 batch: MergeableBatch) -> list[Cohort]:
         t = self.clock()
+        budgets = any(r.budget_end is not None for r in c.rows)
         out = update(c, logits, batch, served.num_exits, t,
-                     served.step_cost.estimate(self._next_round_rows()))
+                     served.step_cost.estimate(self._next_round_rows()) if budgets else 0.0)
         if out.exited:
             results = results_for(out.exited, logits, c.rows, served.labels, served.num_exits, t)
             for e, r in zip(out.exited, results, strict=True):
