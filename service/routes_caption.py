@@ -37,7 +37,13 @@ from service.protocol import (
     EngineError,
     ResolvedNames,
 )
-from service.route_helpers import ERRORS, engine_of, label_request, settings_of
+from service.route_helpers import (
+    ERRORS,
+    engine_of,
+    label_request,
+    settings_of,
+    unless_disconnected,
+)
 from service.schemas import CaptionBody, CaptionResponse, CaptionResultOut, CaptionTiming
 from service.settings import Settings
 
@@ -114,7 +120,7 @@ async def caption(body: CaptionBody, request: Request) -> CaptionResponse | Stre
         rid = request.state.request_id
         return StreamingResponse(_sse(first, events, rid, names), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache"})
-    results = await engine.caption(req)
+    results = await unless_disconnected(request, engine.caption(req))  # gone: 499, rows dropped
     request.state.labels.queue_seconds = max(r.queue_ms for r in results) / 1e3
     return _response(request.state.request_id, names, results, t0)
 

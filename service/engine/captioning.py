@@ -1,13 +1,15 @@
-"""The caption runner: free-running decoding with a per-token early exit, on its own thread.
+"""Captioning as a task adapter on the engine loop (service/engine/loop.py): free-running
+decoding with a per-token early exit, on its own worker thread.
 
     decode_token: one token for every row of a CaptionState, layer by layer. After each decoder
                   layer the policy decides per row; exited rows take their token, leave the token
                   batch and get their skipped layers' K/V by state propagation (CALM); the last
                   layer always fires; a per-token latency budget forces an exit when one more
-                  layer would not fit.
-    CaptionRunner: token-level continuous batching. Queued images are encoded and join a cohort
-                  (one per model and policy) between tokens; finished captions (EOS, max_tokens)
-                  leave; each token is streamed to its request as soon as it is decided.
+                  layer would not fit (the step-cost estimate, service/engine/cost.py).
+    CaptionRunner: the task adapter; token-level continuous batching. Queued images are
+                  encoded and join a cohort (one per model and policy) between tokens;
+                  finished captions (EOS, max_tokens) leave; each token is streamed to its
+                  request as soon as it is decided.
 
 The model never sees the policy and the policy never sees the model (models/captioner.py).
 """
@@ -19,9 +21,7 @@ import functools
 import logging
 import math
 import random
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,7 +31,9 @@ from models.captioner import CaptionState, MultiExitCaptioner, TokenBatch
 from policies import ExitPolicy
 from policies.base import decide
 from service.engine.config import ShadowConfig
-from service.engine.handles import PolicyKey, now
+from service.engine.cost import StepCost
+from service.engine.handles import Handle, PolicyKey, now
+from service.engine.loop import EngineLoop, RowGauges
 from service.engine.served import ServedModel
 from service.protocol import (
     CaptionEvent,
@@ -39,8 +41,6 @@ from service.protocol import (
     DeadlineExceeded,
     EngineError,
     InternalError,
-    NotReady,
-    Overloaded,
     TokenInfo,
 )
 from service.stats import CaptionStats, IterationStats, SampleStats, ShadowCheckStats, StatsSink
@@ -83,31 +83,35 @@ def shadow_token_checks(model: MultiExitCaptioner, ex: TokenBatch, early: torch.
 
 
 def decode_token(model: MultiExitCaptioner, state: CaptionState, policy: ExitPolicy,
-                 budget_s: torch.Tensor | None = None, layer_cost_s: float = 0.0,
-                 shadow: torch.Tensor | None = None) -> TokenStep:
+                 budget_s: torch.Tensor | None = None, layer_cost_s: float | StepCost = 0.0,
+                 shadow: torch.Tensor | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> TokenStep:
     """Decide the next token of every row (see module docstring); advances `state` in place.
-    `shadow` (B,) bool: rows whose token, if it exits early, is checked against the last layer
-    (`shadow_token_checks`)."""
+    `budget_s` (B,): per-token budgets; a row leaves after layer k when the time spent on this
+    token plus one more layer (`layer_cost_s`: a fixed time, or the step-cost tracker's estimate
+    for the rows still decoding) would pass it. `shadow` (B,) bool: rows whose token, if it
+    exits early, is checked against the last layer (`shadow_token_checks`)."""
     b, L = len(state), model.num_exits
     tokens = torch.empty(b, dtype=torch.long, device=state.pos.device)
     exit_layer = torch.zeros(b, dtype=torch.long)
     forced = torch.zeros(b, dtype=torch.bool)
-    start = time.perf_counter()
+    start = clock()
     tb = model.embed(state)
     pstate = policy.init_state(b, "cpu")
     secs, rows, prop_s, propagated = [], [], 0.0, 0
     checks: list[tuple[int, bool]] = []
     for k in range(1, L + 1):
-        t0 = time.perf_counter()
+        t0 = clock()
         out = model.step(tb, k)
         tb = out.batch  # type: ignore[assignment]
         logits = out.logits.float().cpu()  # (b', V')
-        secs.append(time.perf_counter() - t0)
+        secs.append(clock() - t0)
         rows.append(len(tb))
         late = None
         if budget_s is not None and k < L:
-            spent = time.perf_counter() - start
-            late = (spent + layer_cost_s) > budget_s[tb.rows.cpu()]  # (b',)
+            spent = clock() - start
+            late = (spent + _layer_estimate(layer_cost_s, len(tb))) > \
+                budget_s[tb.rows.cpu()]  # (b',)
         v = decide(policy, pstate, k, logits, L, late)
         d, mask = v.decision, v.exit_mask
         if late is not None:
@@ -119,9 +123,9 @@ def decode_token(model: MultiExitCaptioner, state: CaptionState, policy: ExitPol
             if shadow is not None and k < L:  # [shadow] before propagation overwrites K/V
                 checks += shadow_token_checks(model, ex, d.prediction[mask],
                                               shadow[ex.rows.cpu()])
-            t1 = time.perf_counter()
+            t1 = clock()
             propagated += model.propagate(ex)
-            prop_s += time.perf_counter() - t1
+            prop_s += clock() - t1
             tb = tb.filter(~mask)
             pstate = d.state.filter(~mask)
         else:
@@ -132,24 +136,20 @@ def decode_token(model: MultiExitCaptioner, state: CaptionState, policy: ExitPol
     return TokenStep(tokens.cpu(), exit_layer, forced, propagated, secs, rows, prop_s, checks)
 
 
+def _layer_estimate(cost: float | StepCost, rows: int) -> float:
+    return cost.estimate(rows) if isinstance(cost, StepCost) else cost
+
+
 # ---- requests -----------------------------------------------------------------------------------
-@dataclass(eq=False)
-class CaptionHandle:
+@dataclass(eq=False, kw_only=True)
+class CaptionHandle(Handle):
     """One caption request: its images, where its events go, and its per-image progress."""
 
     served: ServedModel
-    policy: PolicyKey
-    policy_obj: ExitPolicy
     pixels: torch.Tensor  # (n, 3, S, S) preprocessed images
     max_tokens: int
     events: asyncio.Queue[CaptionEvent | EngineError]
-    loop: asyncio.AbstractEventLoop
-    request_id: str
-    arrival: float
-    deadline: float
-    budget_s: float | None
     stream_tokens: bool = False  # emit an event per token (streaming answers)
-    done: bool = False
     remaining: int = 0
     admitted_at: float = 0.0
 
@@ -163,13 +163,15 @@ class CaptionHandle:
     def emit(self, ev: CaptionEvent | EngineError) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, ev)
 
-    def fail(self, error: EngineError) -> None:
-        if not self.done:
+    def complete(self, ev: CaptionEvent) -> None:
+        """One image's caption is final; the request is done after its last image."""
+        self.emit(ev)
+        self.remaining -= 1
+        if self.remaining == 0:
             self.done = True
-            self.emit(error)
 
-    def cancel(self) -> None:
-        self.done = True
+    def _deliver_error(self, error: EngineError) -> None:
+        self.emit(error)
 
 
 @dataclass
@@ -184,106 +186,89 @@ class CaptionRow:
 
 @dataclass
 class CaptionCohort:
+    """A batch object: captions of one model and policy decoded together, one token a step;
+    `state` and `rows` are row-aligned. Built by `start`, `filter` and `concatenate` only."""
+
     served: ServedModel
     key: PolicyKey
     policy: ExitPolicy
     state: CaptionState
     rows: list[CaptionRow]
 
+    @classmethod
+    def start(cls, h: CaptionHandle, state: CaptionState, t: float) -> CaptionCohort:
+        """A request's images, encoded (`state`), as a cohort admitted at `t`."""
+        return cls(h.served, h.policy, h.policy_obj, state,
+                   [CaptionRow(h, i, t) for i in range(h.size)])
 
-class CaptionRunner:
-    """Worker-thread loop for captioners: admit → one token per cohort → answer and drop."""
+    @classmethod
+    def concatenate(cls, cohorts: list[CaptionCohort]) -> CaptionCohort:
+        """Cohorts of one model and policy as one (new captions join between tokens)."""
+        if len(cohorts) == 1:
+            return cohorts[0]
+        first = cohorts[0]
+        return cls(first.served, first.key, first.policy,
+                   CaptionState.concatenate([c.state for c in cohorts]),
+                   [r for c in cohorts for r in c.rows])
+
+    def filter(self, keep: list[bool]) -> CaptionCohort | None:
+        """The rows where `keep` is true (None when none are)."""
+        if all(keep):
+            return self
+        if not any(keep):
+            return None
+        return CaptionCohort(self.served, self.key, self.policy,
+                             self.state.filter(torch.tensor(keep, dtype=torch.bool)),
+                             [r for r, k in zip(self.rows, keep, strict=True) if k])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+class CaptionRunner(EngineLoop[CaptionHandle, CaptionHandle]):
+    """The captioning task adapter on the engine loop: admit → one token per cohort → answer
+    and drop (token-level continuous batching)."""
+
+    noun = "images"
+    limit_setting = "caption_queue_limit"
 
     def __init__(self, max_rows: int, queue_limit: int, sink: StatsSink,
-                 shadow: ShadowConfig | None = None):
-        self.max_rows = max_rows
+                 shadow: ShadowConfig | None = None, clock: Callable[[], float] = now,
+                 gauges: RowGauges | None = None):
+        super().__init__(max_rows, queue_limit, sink, clock, gauges)
         self.shadow = shadow or ShadowConfig()
         self.rng = random.Random(self.shadow.seed)
-        self.queue_limit = queue_limit
-        self.sink = sink
-        self.cond = threading.Condition()
-        self.pending: deque[CaptionHandle] = deque()
-        self.pending_rows = 0
-        self.reserved_rows = 0  # images admitted by `reserve`, being decoded
         self.cohorts: list[CaptionCohort] = []
-        self.closed = False
-        self.stopped = False
-        self.layer_cost_s: dict[str, float] = {}  # model -> EMA of one decoder layer step
-
-    # ---- event-loop side ------------------------------------------------------------------
-    def reserve(self, images: int) -> None:
-        """Claim queue room before decoding, so overload is refused before any image work."""
-        with self.cond:
-            if self.closed:
-                raise NotReady("server is shutting down; not accepting new requests")
-            waiting = self.pending_rows + self.reserved_rows
-            if waiting + images > self.queue_limit:
-                raise Overloaded(f"queue full: {waiting} images waiting, limit "
-                                 f"{self.queue_limit} (caption_queue_limit)", retry_after_s=1.0)
-            self.reserved_rows += images
-
-    def release(self, images: int) -> None:
-        """Give back a reservation (the request failed before `submit`)."""
-        with self.cond:
-            self.reserved_rows -= images
-
-    def submit(self, h: CaptionHandle) -> None:
-        """Queue a request whose images were reserved (the reservation passes to the queue)."""
-        with self.cond:
-            self.reserved_rows -= h.size
-            if self.stopped:
-                raise NotReady("server is shutting down; not accepting new requests")
-            self.pending.append(h)
-            self.pending_rows += h.size
-            self.cond.notify()
 
     def active_rows(self) -> int:
         return sum(len(c.rows) for c in self.cohorts)
 
-    def idle(self) -> bool:
-        with self.cond:
-            return not self.pending and not self.cohorts
+    def in_flight(self) -> list[CaptionHandle]:
+        return [r.handle for c in self.cohorts for r in c.rows]
 
-    def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
+    # ---- the task adapter's part of the loop -----------------------------------------------
+    def _take(self, free: int) -> list[CaptionHandle]:
+        """Whole requests that fit the free rows (one at least when nothing runs)."""
+        taken: list[CaptionHandle] = []
+        while self.pending and (free >= self.pending[0].size or not self.cohorts
+                                and not taken):
+            h = self.pending.popleft()
+            self.pending_rows -= h.size
+            free -= h.size
+            taken.append(h)
+        return taken
 
-    def stop(self) -> None:
-        with self.cond:
-            self.stopped = True
-            self.cond.notify_all()
+    def _rows_of(self, taken: list[CaptionHandle]) -> int:
+        return sum(h.size for h in taken)
 
-    def drop_everything(self, why: str) -> None:
-        with self.cond:
-            handles = list(self.pending) + [r.handle for c in self.cohorts for r in c.rows]
-            self.pending.clear()
-            self.pending_rows = 0
-            self.cohorts = []
-        for h in handles:
-            h.fail(NotReady(why))
+    def _admit(self, taken: list[CaptionHandle]) -> None:
+        for h in taken:
+            self._guard(functools.partial(self._admit_one, h), [h])
 
-    # ---- worker side ----------------------------------------------------------------------
-    def run_forever(self) -> None:
-        while True:
-            with self.cond:
-                while not self.pending and not self.cohorts:
-                    if self.stopped:
-                        return
-                    self.cond.wait(0.5)
-                room = self.max_rows - self.active_rows()
-                taken: list[CaptionHandle] = []
-                while self.pending and (room >= self.pending[0].size or not self.cohorts
-                                        and not taken):
-                    h = self.pending.popleft()
-                    self.pending_rows -= h.size
-                    room -= h.size
-                    taken.append(h)
-            for h in taken:
-                self._guard(functools.partial(self._admit, h), [h])
-            for c in list(self.cohorts):
-                self._guard(functools.partial(self._token, c), [r.handle for r in c.rows],
-                            cohort=c)
+    def _run_round(self) -> None:
+        for c in list(self.cohorts):
+            self._guard(functools.partial(self._token, c), [r.handle for r in c.rows],
+                        cohort=c)
 
     def _guard(self, fn: Callable[[], None], handles: list[CaptionHandle],
                cohort: CaptionCohort | None = None) -> None:
@@ -296,47 +281,47 @@ class CaptionRunner:
             if cohort is not None and cohort in self.cohorts:
                 self.cohorts.remove(cohort)
 
-    def _admit(self, h: CaptionHandle) -> None:
-        t = now()
+    def _admit_one(self, h: CaptionHandle) -> None:
+        t = self.clock()
         if h.done:
             return
-        if t > h.deadline:
+        if h.expired(t):
             h.fail(DeadlineExceeded("deadline passed while queued", "deadline_ms"))
             return
         h.admitted_at = t
-        model = h.served.captioner
-        state = model.encode_images(h.pixels, capacity=h.max_tokens)
-        rows = [CaptionRow(h, i, t) for i in range(h.size)]
-        for c in self.cohorts:
+        h.next_row = h.size
+        new = CaptionCohort.start(h, h.served.captioner.encode_images(
+            h.pixels, capacity=h.max_tokens), t)
+        for i, c in enumerate(self.cohorts):
             if c.served is h.served and c.key == h.policy:
-                c.state = CaptionState.concatenate([c.state, state])
-                c.rows.extend(rows)
+                self.cohorts[i] = CaptionCohort.concatenate([c, new])
                 return
-        self.cohorts.append(CaptionCohort(h.served, h.policy, h.policy_obj, state, rows))
+        self.cohorts.append(new)
 
     def _token(self, c: CaptionCohort) -> None:
-        t = now()
-        keep = torch.tensor([not r.handle.done and t <= r.handle.deadline for r in c.rows])
+        t = self.clock()
+        keep = [not r.handle.done and not r.handle.expired(t) for r in c.rows]
         for r in c.rows:
-            if not r.handle.done and t > r.handle.deadline:
+            if not r.handle.done and r.handle.expired(t):
                 r.handle.fail(DeadlineExceeded("deadline passed while captioning", "deadline_ms"))
-        if not bool(keep.all()):
-            self._drop(c, keep)
-            if not c.rows:
+        if not all(keep):
+            kept = self._drop(c, keep)
+            if kept is None:
                 return
+            c = kept
         model = c.served.captioner
         name = c.served.name
         budget = None
         if any(r.handle.budget_s for r in c.rows):
             budget = torch.tensor([r.handle.budget_s or math.inf for r in c.rows])
-        step = decode_token(model, c.state, c.policy, budget, self.layer_cost_s.get(name, 0.0),
-                            self._shadow_rows(name, len(c.rows)))
-        self._observe(name, step)
+        step = decode_token(model, c.state, c.policy, budget, c.served.step_cost,
+                            self._shadow_rows(name, len(c.rows)), clock=self.clock)
+        self._observe(c.served, step)
         for k, agreed in step.checks:
             record = getattr(self.sink, "record_shadow", None)
             if record is not None:
                 record(ShadowCheckStats(name, c.key.name, k, agreed, token=True))
-        done_at = now()
+        done_at = self.clock()
         finished = []
         for i, r in enumerate(c.rows):
             tok, k = int(step.tokens[i]), int(step.exit_layer[i])
@@ -355,7 +340,7 @@ class CaptionRunner:
             for i, r in enumerate(c.rows):
                 if finished[i]:
                     self._finish(r, model, c.key.name, done_at)
-            self._drop(c, torch.tensor([not f for f in finished]))
+            self._drop(c, [not f for f in finished])
 
     def _shadow_rows(self, model: str, n: int) -> torch.Tensor | None:
         """Rows whose next token gets a shadow check: sampled at the model's rate, and only
@@ -366,12 +351,15 @@ class CaptionRunner:
         picked = torch.tensor([self.rng.random() < rate for _ in range(n)])  # (B,)
         return picked if bool(picked.any()) else None
 
-    def _drop(self, c: CaptionCohort, keep: torch.Tensor) -> None:
-        c.rows = [r for r, k in zip(c.rows, keep.tolist(), strict=True) if k]
-        if c.rows:
-            c.state = c.state.filter(keep)
-        elif c in self.cohorts:
-            self.cohorts.remove(c)
+    def _drop(self, c: CaptionCohort, keep: list[bool]) -> CaptionCohort | None:
+        """Replace `c` in the running cohorts by its rows where `keep` (gone when none)."""
+        kept = c.filter(keep)
+        i = self.cohorts.index(c)
+        if kept is None:
+            del self.cohorts[i]
+        else:
+            self.cohorts[i] = kept
+        return kept
 
     def _finish(self, r: CaptionRow, model: MultiExitCaptioner, policy: str, t: float) -> None:
         h = r.handle
@@ -395,18 +383,13 @@ class CaptionRunner:
             total_ms=round((t - h.arrival) * 1e3, 3))
         self.sink.record_caption(CaptionStats(h.served.name, policy, n, first - h.arrival,
                                               per_token))
-        h.emit(CaptionEvent(r.index, result=result))
-        h.remaining -= 1
-        if h.remaining == 0:
-            h.done = True
+        h.complete(CaptionEvent(r.index, result=result))
 
-    def _observe(self, model: str, step: TokenStep) -> None:
+    def _observe(self, served: ServedModel, step: TokenStep) -> None:
+        """Every decoder layer step measured feeds the model's step-cost tracker."""
         for k, (s, n) in enumerate(zip(step.layer_seconds, step.layer_rows, strict=True), 1):
-            self.sink.record_iteration(IterationStats(model, n, k, s))
-        if step.layer_seconds:
-            per_layer = sum(step.layer_seconds) / len(step.layer_seconds)
-            old = self.layer_cost_s.get(model)
-            self.layer_cost_s[model] = per_layer if old is None else 0.8 * old + 0.2 * per_layer
+            self.sink.record_iteration(IterationStats(served.name, n, k, s))
+            served.step_cost.update(s, n)
 
 
 @torch.inference_mode()

@@ -37,6 +37,10 @@ class Row:
 
 @dataclass
 class Cohort:
+    """A batch object (TGI's `Batch`): rows of one model and one policy at one layer, with the
+    backend's batch and the policy's state row-aligned. Built only by its own factories:
+    `start` (new rows at layer 0), `filter`, `concatenate`, `split` and `stepped`."""
+
     model: str
     policy_name: str
     policy: ExitPolicy
@@ -44,6 +48,50 @@ class Cohort:
     state: PolicyState  # (B,) policy memory
     rows: list[Row]
     skipped: int = 0  # rounds this cohort waited for younger cohorts to catch up
+
+    @classmethod
+    def start(cls, model: str, policy_name: str, policy: ExitPolicy, batch: MergeableBatch,
+              rows: list[Row], device: str | torch.device) -> Cohort:
+        """Admitted rows at layer 0 (`batch` from the model's `embed`), fresh policy state."""
+        return cls(model, policy_name, policy, batch, policy.init_state(len(rows), device), rows)
+
+    @classmethod
+    def concatenate(cls, cohorts: Sequence[Cohort]) -> Cohort:
+        """Cohorts of one model and policy at one layer as one (rows in order)."""
+        if len(cohorts) == 1:
+            return cohorts[0]
+        first = cohorts[0]
+        return cls(first.model, first.policy_name, first.policy,
+                   concatenate([c.batch for c in cohorts]),
+                   type(first.state).concatenate([c.state for c in cohorts]),
+                   [r for c in cohorts for r in c.rows])
+
+    def stepped(self, batch: MergeableBatch, state: PolicyState | None = None) -> Cohort:
+        """The same rows after a step: the advanced batch (and the policy's new state)."""
+        return Cohort(self.model, self.policy_name, self.policy, batch,
+                      self.state if state is None else state, self.rows)
+
+    def filter(self, keep: Sequence[bool]) -> Cohort | None:
+        """The rows where `keep` is true (None when none are): batch, state and rows together."""
+        if all(keep):
+            return self
+        if not any(keep):
+            return None
+        mask = torch.tensor(list(keep), dtype=torch.bool)  # (B,) the batch moves it if needed
+        return Cohort(self.model, self.policy_name, self.policy, self.batch.filter(mask),
+                      self.state.filter(mask),
+                      [r for r, k in zip(self.rows, keep, strict=True) if k], self.skipped)
+
+    def split(self, cap: int) -> list[Cohort]:
+        """This cohort cut into pieces of at most `cap` rows (same layer, same policy)."""
+        if len(self) <= cap:
+            return [self]
+        out = []
+        for start in range(0, len(self), cap):
+            piece = self.filter([start <= i < start + cap for i in range(len(self))])
+            assert piece is not None
+            out.append(piece)
+        return out
 
     @property
     def layer(self) -> int:
@@ -149,15 +197,7 @@ def update(cohort: Cohort, logits: torch.Tensor, batch: MergeableBatch, num_exit
         if leaves:
             exited.append(Exited(row, k, int(pred), bool(forced)))
         keep.append(not leaves)
-    survivors = None
-    if all(keep):  # nobody left: no copies, the layer mask stays cached
-        survivors = Cohort(cohort.model, cohort.policy_name, cohort.policy, batch, d.state,
-                           cohort.rows)
-    elif any(keep):
-        mask = torch.tensor(keep, dtype=torch.bool, device=logits.device)  # (B,)
-        rows = [r for r, kp in zip(cohort.rows, keep, strict=True) if kp]
-        survivors = Cohort(cohort.model, cohort.policy_name, cohort.policy, batch.filter(mask),
-                           d.state.filter(mask), rows)
+    survivors = cohort.stepped(batch, d.state).filter(keep)  # no copies when all stay
     return UpdateOutcome(survivors, exited, dropped)
 
 

@@ -27,6 +27,7 @@ from service.engine.config import EngineConfig
 from service.engine.handles import PolicyKey, RequestHandle, now
 from service.engine.images import decode_images
 from service.engine.live import LiveAgreement
+from service.engine.loop import EngineLoop, RowGauges
 from service.engine.scheduler import Scheduler
 from service.engine.served import ServedModel, seed_step_cost
 from service.engine.tokenize import TokenBatcher
@@ -70,11 +71,12 @@ class InProcessEngine:
         # separate bounded pools: images being decoded never hold up tokenisation
         self._image_pool = ThreadPoolExecutor(cfg.image_threads, "eeserve-images")
         self._token_pool = ThreadPoolExecutor(cfg.tokenize_threads, "eeserve-tokens")
+        self._gauges = RowGauges(self.sink)  # queue depth and active rows over both loops
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         await asyncio.to_thread(self._load_all)
-        self.scheduler = Scheduler(self.served, self.cfg, self.sink)
+        self.scheduler = Scheduler(self.served, self.cfg, self.sink, gauges=self._gauges)
         self._thread = threading.Thread(target=self._worker, name="eeserve-engine", daemon=True)
         self._thread.start()
         await asyncio.to_thread(self._warmed.wait)  # text models warm up on the worker thread
@@ -85,7 +87,7 @@ class InProcessEngine:
 
     def _start_captions(self) -> None:
         self.captions = CaptionRunner(self.cfg.max_batch_size, self.cfg.caption_queue_limit,
-                                      self.sink, self.cfg.shadow)
+                                      self.sink, self.cfg.shadow, gauges=self._gauges)
         self._caption_thread = threading.Thread(target=self._caption_worker,
                                                 name="eeserve-captions", daemon=True)
         self._caption_thread.start()
@@ -202,40 +204,34 @@ class InProcessEngine:
         with torch.inference_mode():
             self.captions.run_forever()
 
-    async def _shutdown_captions(self, grace_s: float) -> None:
-        runner = self.captions
-        if runner is None:
-            return
-        runner.close()
-        end = time.monotonic() + grace_s
-        while not runner.idle() and time.monotonic() < end:
-            await asyncio.sleep(0.01)
-        if not runner.idle():
-            runner.drop_everything("server shut down before the caption finished")
-        runner.stop()
-        if self._caption_thread is not None:
-            await asyncio.to_thread(self._caption_thread.join, 5.0)
+    def _loops(self) -> list[tuple[EngineLoop[Any, Any], threading.Thread | None, str]]:
+        """Every running engine loop, its worker thread, and what it serves (for messages)."""
+        out: list[tuple[EngineLoop[Any, Any], threading.Thread | None, str]] = []
+        if self.captions is not None:
+            out.append((self.captions, self._caption_thread, "caption"))
+        if self.scheduler is not None:
+            out.append((self.scheduler, self._thread, "request"))
+        return out
 
     async def shutdown(self, grace_s: float = 10.0) -> None:
-        """Stop accepting, let queued and in-flight rows finish within `grace_s`, then stop."""
+        """Stop accepting, let queued and in-flight rows finish within `grace_s`, then stop.
+
+        Every loop is treated alike: close, wait (one grace period for all), drop what is
+        left, stop, join."""
         self._ready = False
-        await self._shutdown_captions(grace_s)
-        sched = self.scheduler
-        if sched is None:
-            return
-        with sched.cond:
-            sched.closed = True
-            sched.cond.notify_all()
+        loops = self._loops()
+        for loop, _, _ in loops:
+            loop.close()
         end = time.monotonic() + grace_s
-        while not sched.idle() and time.monotonic() < end:
+        while not all(loop.idle() for loop, _, _ in loops) and time.monotonic() < end:
             await asyncio.sleep(0.01)
-        if not sched.idle():
-            sched.drop_everything("server shut down before the request finished")
-        with sched.cond:
-            sched.stopped = True
-            sched.cond.notify_all()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 5.0)
+        for loop, _, what in loops:
+            if not loop.idle():
+                loop.drop_everything(f"server shut down before the {what} finished")
+            loop.stop()
+        for _, thread, _ in loops:
+            if thread is not None:
+                await asyncio.to_thread(thread.join, 5.0)
         self._image_pool.shutdown(wait=False, cancel_futures=True)
         self._token_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -385,6 +381,7 @@ class InProcessEngine:
                              f"{served.captioner.max_positions} for this model", "max_tokens")
         max_tokens = req.max_tokens or cap
         arrival = now()
+        runner = self.captions
         timeout_ms = min(req.deadline_ms or self.cfg.request_timeout_ms,
                          self.cfg.request_timeout_ms)
         deadline = arrival + timeout_ms / 1e3
@@ -397,7 +394,7 @@ class InProcessEngine:
             deadline=deadline,
             budget_s=req.latency_budget_ms / 1e3 if req.latency_budget_ms else None,
             stream_tokens=stream_tokens)
-        self.captions.submit(handle)
+        runner.submit(handle)
         left = handle.size
         end = loop.time() + max(0.0, deadline - now()) + 1.0  # from arrival, not from here
         try:

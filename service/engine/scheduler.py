@@ -1,11 +1,13 @@
-"""The engine loop on the worker thread: schedule → run → update, at layer granularity.
+"""Text classification as a task adapter on the engine loop (service/engine/loop.py),
+at layer granularity: schedule → run → update.
 
     schedule: admit queued rows while fewer than `max_batch_size` are in flight; admitted rows
               are embedded and form a new cohort at layer 0 (one per model and policy)
     run:      every cohort advances one layer; cohorts of one model at the same layer are
               merged into one batch for the step
     update:   the policy decides per row; the last exit always fires; a latency budget forces
-              an exit when one more step would not fit; exited rows are answered at once and
+              an exit when one more round would not fit (the step-cost estimate for the rows
+              expected next round, service/engine/cost.py); exited rows are answered at once and
               leave their cohort, freeing room for queued rows at the next schedule
 
 So a batch never waits for its slowest sample, and waiting requests join between layers
@@ -14,17 +16,17 @@ So a batch never waits for its slowest sample, and waiting requests join between
 
 from __future__ import annotations
 
+import functools
 import logging
-import threading
-from collections import defaultdict, deque
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from typing import Any, Generic, TypeVar, cast
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import torch
 
-from models.base import Encoded, MergeableBatch, StepModel
+from models.base import Encoded, MergeableBatch
 from service.engine.cohort import (
     Cohort,
     Row,
@@ -36,9 +38,10 @@ from service.engine.cohort import (
 )
 from service.engine.config import EngineConfig
 from service.engine.handles import RequestHandle, now
+from service.engine.loop import EngineLoop, RowGauges
 from service.engine.served import ServedModel
 from service.engine.shadow import ShadowRunner
-from service.protocol import DeadlineExceeded, InternalError, NotReady, Overloaded
+from service.protocol import DeadlineExceeded, InternalError
 from service.stats import IterationStats, SampleStats, StatsSink
 
 log = logging.getLogger("eeserve.engine")
@@ -73,15 +76,15 @@ class Called:
     seconds: float
 
 
-def _call(job: Job) -> Called:
+def _call(job: Job, clock: Callable[[], float] = now) -> Called:
     """Run one layer for a job's cohorts (any thread: no engine state is touched)."""
-    t0 = now()
+    t0 = clock()
     fn = run_group if job.head else advance_group
     try:
-        model = cast(StepModel, job.served.model)  # a text model (checked when queued)
-        return Called(fn(model, job.cohorts), None, now() - t0)
+        model = job.served.text_model  # a text model (checked when queued)
+        return Called(fn(model, job.cohorts), None, clock() - t0)
     except Exception as e:  # noqa: BLE001 -- handled by the worker thread (_finish)
-        return Called(None, e, now() - t0)
+        return Called(None, e, clock() - t0)
 
 
 @dataclass(frozen=True)
@@ -91,58 +94,28 @@ class Chunk:
     stop: int
 
 
-class Scheduler:
-    def __init__(self, models: Mapping[str, ServedModel], cfg: EngineConfig, sink: StatsSink):
+class Scheduler(EngineLoop[RequestHandle, Chunk]):
+    """The text-classification task adapter on the engine loop (layer-level batching)."""
+
+    noun = "texts"
+
+    def __init__(self, models: Mapping[str, ServedModel], cfg: EngineConfig, sink: StatsSink,
+                 clock: Callable[[], float] = now, gauges: RowGauges | None = None):
+        super().__init__(cfg.max_batch_size, cfg.queue_limit, sink, clock, gauges)
         self.models = models
         self.cfg = cfg
-        self.sink = sink
-        self.cond = threading.Condition()
-        self.pending: deque[RequestHandle] = deque()
-        self.pending_rows = 0
-        self.reserved_rows = 0  # rows of requests being tokenised, counted against the limit
         self.cohorts: list[Cohort] = []
         self.row_cap = cfg.max_batch_size  # lowered after a CUDA out-of-memory error
         self.deferred_rounds = 0  # rounds admission has waited for room (see _should_admit)
-        self.closed = False  # no new requests
-        self.stopped = False  # the loop should end once idle (or at once when `abort`)
-        self.abort = False
         self.last_arrival: float | None = None
         self.gap_ema_s = float("inf")  # smoothed time between request arrivals
+        self.round_rows = 0  # rows in the current round (latency budgets estimate the next)
         # [shadow] sampled early-exited rows run on to the last exit when the engine is idle
         self.pool = ThreadPoolExecutor(cfg.parallel_steps, thread_name_prefix="eeserve-step") \
             if cfg.parallel_steps > 1 else None  # see _call_all
         self.shadow = ShadowRunner(models, cfg.shadow, sink,
                                    {n: m.live for n, m in models.items() if m.live is not None},
                                    cfg.max_batch_size)
-
-    # ---- called from the event loop ---------------------------------------------------------
-    def reserve(self, rows: int) -> None:
-        """Claim queue room before tokenising, so overload is refused before any work."""
-        with self.cond:
-            if self.closed:
-                raise NotReady("server is shutting down; not accepting new requests")
-            waiting = self.pending_rows + self.reserved_rows
-            if waiting + rows > self.cfg.queue_limit:
-                raise Overloaded(f"queue full: {waiting} texts waiting, limit "
-                                 f"{self.cfg.queue_limit} (queue_limit)", retry_after_s=1.0)
-            self.reserved_rows += rows
-
-    def release(self, rows: int) -> None:
-        """Give back a reservation (after `submit`, or when the request failed before it)."""
-        with self.cond:
-            self.reserved_rows -= rows
-
-    def submit(self, h: RequestHandle) -> None:
-        """Queue a request whose rows were reserved (the reservation passes to the queue)."""
-        with self.cond:  # accepted when its rows were reserved, even if closing since
-            self.reserved_rows -= h.size
-            if self.stopped or self.abort:
-                raise NotReady("server is shutting down; not accepting new requests")
-            self.pending.append(h)
-            self.pending_rows += h.size
-            self._note_arrival(h.arrival)
-            self.sink.set_queue_depth(self.pending_rows)
-            self.cond.notify()
 
     def _note_arrival(self, t: float) -> None:
         if self.last_arrival is not None:
@@ -154,46 +127,22 @@ class Scheduler:
     def active_rows(self) -> int:
         return sum(len(c) for c in self.cohorts)
 
-    def idle(self) -> bool:
-        """Nothing queued, in flight, or being tokenised (reserved rows: accepted requests)."""
-        with self.cond:
-            return not self.pending and not self.cohorts and self.reserved_rows <= 0
+    def in_flight(self) -> list[RequestHandle]:
+        return [r.handle for c in self.cohorts for r in c.rows]
 
-    # ---- the worker loop -----------------------------------------------------------------------
-    def run_forever(self) -> None:
-        while True:
-            chunks = self._schedule()
-            if chunks is None:
-                if self.pool is not None:
-                    self.pool.shutdown(wait=False)
-                return
-            if not chunks and not self.cohorts:
-                self.shadow.step()  # [shadow] idle: one layer of shadow work
-                continue
-            started = now()
-            self._admit(chunks)
-            self._run_round()
-            self._observe_round(now() - started)
+    # ---- the task adapter's part of the loop -----------------------------------------------
+    def _has_idle_work(self) -> bool:
+        return self.shadow.has_work()  # [shadow] idle work, below live traffic
 
-    def _schedule(self) -> list[Chunk] | None:
-        with self.cond:
-            while not self.cohorts and not self.pending:
-                if self.stopped or self.abort:
-                    return None
-                if self.shadow.has_work():  # [shadow] idle work, below live traffic
-                    return []
-                self.cond.wait(0.5)
-            if self.abort:
-                return None
-            if not self.cohorts:
-                self._batching_window()
-            free = self.cfg.max_batch_size - self.active_rows()
-            chunks = self._take(free) if self._should_admit(free) else []
-            self.sink.set_queue_depth(self.pending_rows)
-        set_active = getattr(self.sink, "set_active_rows", None)
-        if set_active is not None:
-            set_active(self.active_rows() + sum(c.stop - c.start for c in chunks))
-        return chunks
+    def _idle_step(self) -> None:
+        self.shadow.step()  # [shadow] idle: one layer of shadow work
+
+    def _on_exit(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False)
+
+    def _rows_of(self, taken: list[Chunk]) -> int:
+        return sum(c.stop - c.start for c in taken)
 
     def _should_admit(self, free: int) -> bool:
         """Admit queued rows now, or let the running cohorts free more room first?
@@ -222,15 +171,18 @@ class Scheduler:
             return
         until = self.pending[0].arrival + window
         while self.pending_rows < self.cfg.max_batch_size and not self.stopped:
-            left = until - now()
+            left = until - self.clock()
             if left <= 0:
                 return
             self.cond.wait(left)
 
     def _take(self, free: int) -> list[Chunk]:
-        """Pop up to `free` rows from the queue (a large request may be split across rounds)."""
+        """Pop up to `free` rows from the queue when it is time to admit (a large request may
+        be split across rounds)."""
         chunks: list[Chunk] = []
-        t = now()
+        if not self._should_admit(free):
+            return chunks
+        t = self.clock()
         while self.pending and free > 0:
             h = self.pending[0]
             if h.done or h.expired(t):
@@ -263,20 +215,21 @@ class Scheduler:
                 self._fail([c.handle for c in group], e)
 
     def _cohort(self, served: ServedModel, group: list[Chunk]) -> Cohort:
-        t = now()
+        t = self.clock()
         batches, rows = [], []
         for c in group:
             batches.append(served.text_model.embed(_slice(c.handle.encoded, c.start, c.stop)))
             h = c.handle
-            for i in range(c.start, c.stop):
-                end = t + h.budget_s if h.budget_s is not None else None
-                rows.append(Row(h, i, t, end, [] if h.return_trace else None))
+            rows += [Row(h, i, t, h.budget_end(t), [] if h.return_trace else None)
+                     for i in range(c.start, c.stop)]
         batch = batches[0] if len(batches) == 1 else concatenate(batches)
-        policy = group[0].handle.policy_obj
-        state = policy.init_state(len(rows), getattr(served.model, "device", "cpu"))
-        return Cohort(served.name, group[0].handle.policy.name, policy, batch, state, rows)
+        first = group[0].handle
+        return Cohort.start(served.name, first.policy.name, first.policy_obj, batch, rows,
+                            getattr(served.model, "device", "cpu"))
 
     def _run_round(self) -> None:
+        self._drop_finished()
+        self.round_rows = self.active_rows()
         groups: dict[tuple[str, int, bool], list[Cohort]] = defaultdict(list)
         survivors: list[Cohort] = []
         for c in self.cohorts:
@@ -296,9 +249,28 @@ class Scheduler:
             elif job.head:
                 survivors.extend(self._after_step(job.served, job.cohorts, ran.value))
             else:
-                survivors.extend(replace(c, batch=b)
-                                 for c, b in zip(job.cohorts, ran.value, strict=True))
+                survivors.extend(c.stepped(b) for c, b in zip(job.cohorts, ran.value, strict=True))
         self.cohorts = _merge(survivors, self.row_cap)
+
+    def _drop_finished(self) -> None:
+        """Rows of cancelled, failed or expired requests leave before the next layer runs
+        (expired ones answered 504); the other rows of their cohorts go on."""
+        t = self.clock()
+        kept: list[Cohort] = []
+        for c in self.cohorts:
+            keep = [not r.handle.done and not r.handle.expired(t) for r in c.rows]
+            if not all(keep):
+                for r in c.rows:
+                    if not r.handle.done and r.handle.expired(t):
+                        r.handle.fail(DeadlineExceeded(f"request {r.handle.request_id} passed "
+                                                       f"its deadline after exit {c.layer}",
+                                                       "deadline_ms"))
+                left = c.filter(keep)
+                if left is not None:
+                    kept.append(left)
+            else:
+                kept.append(c)
+        self.cohorts = kept
 
     def _call_all(self, jobs: list[Job]) -> list[Called]:
         """Run this round's model calls: on the worker thread, or -- when there are several and
@@ -306,8 +278,8 @@ class Scheduler:
         cohorts at different layers use both cores. Decisions stay on the worker thread."""
         if self.pool is None or len(jobs) < 2 or \
                 any(getattr(j.served.model, "backend", "") != "onnx" for j in jobs):
-            return [_call(j) for j in jobs]
-        return list(self.pool.map(_call, jobs))
+            return [_call(j, self.clock) for j in jobs]
+        return list(self.pool.map(functools.partial(_call, clock=self.clock), jobs))
 
     def _runs_now(self, c: Cohort) -> bool:
         """Catch-up scheduling: the least advanced cohorts of a model run, deeper ones wait for
@@ -345,8 +317,10 @@ class Scheduler:
 
     def _update(self, served: ServedModel, c: Cohort, logits: torch.Tensor,
                 batch: MergeableBatch) -> list[Cohort]:
-        t = now()
-        out = update(c, logits, batch, served.num_exits, t, served.step_cost.seconds)
+        t = self.clock()
+        budgets = any(r.budget_end is not None for r in c.rows)
+        out = update(c, logits, batch, served.num_exits, t,
+                     served.step_cost.estimate(self._next_round_rows()) if budgets else 0.0)
         if out.exited:
             results = results_for(out.exited, logits, c.rows, served.labels, served.num_exits, t)
             for e, r in zip(out.exited, results, strict=True):
@@ -370,34 +344,17 @@ class Scheduler:
             return []
         self.row_cap = max(1, min(self.row_cap, rows) // 2)
         log.warning("out of memory at %d rows; row cap now %d", rows, self.row_cap)
-        return [part for c in cohorts for part in _split(c, self.row_cap)]
+        return [part for c in cohorts for part in c.split(self.row_cap)]
 
-    def _observe_round(self, seconds: float) -> None:
+    def _next_round_rows(self) -> int:
+        """Rows the next round is expected to step: this round's, plus queued rows that may be
+        admitted (at most the batch) -- a high guess, so a budget is kept under rising load."""
+        return min(self.cfg.max_batch_size, self.round_rows + self.pending_rows)
+
+    def _observe_round(self, seconds: float, rows: int) -> None:
+        """One round is one layer step for every row in it: the wait between a row's layers."""
         for name in {c.model for c in self.cohorts}:
-            self.models[name].step_cost.update(seconds)
-
-    def _fail(self, handles: list[RequestHandle], e: BaseException) -> None:
-        seen: set[int] = set()
-        for h in handles:
-            if id(h) in seen:
-                continue
-            seen.add(id(h))
-            log.error("step failed", extra={"request_id": h.request_id,
-                                            "error": f"{type(e).__name__}: {e}"})
-            h.fail(InternalError(f"internal error while running the model; quote request id "
-                                 f"{h.request_id}"))
-
-    # ---- shutdown -----------------------------------------------------------------------------
-    def drop_everything(self, reason: str) -> None:
-        """Fail every queued and in-flight request (end of the shutdown grace period)."""
-        with self.cond:
-            handles = list(self.pending) + [r.handle for c in self.cohorts for r in c.rows]
-            self.pending.clear()
-            self.pending_rows = 0
-            self.abort = True
-            self.cond.notify_all()
-        for h in handles:
-            h.fail(NotReady(reason))
+            self.models[name].step_cost.update(seconds, rows)
 
 
 def _merge(cohorts: list[Cohort], cap: int) -> list[Cohort]:
@@ -409,16 +366,8 @@ def _merge(cohorts: list[Cohort], cap: int) -> list[Cohort]:
     out = []
     for same in by_key.values():
         for group in _cap(same, cap):
-            out.append(group[0] if len(group) == 1 else _join(group))
+            out.append(Cohort.concatenate(group))
     return out
-
-
-def _join(group: list[Cohort]) -> Cohort:
-    first = group[0]
-    return Cohort(first.model, first.policy_name, first.policy,
-                  concatenate([c.batch for c in group]),
-                  type(first.state).concatenate([c.state for c in group]),
-                  [r for c in group for r in c.rows])
 
 
 def _slice(enc: Encoded, start: int, stop: int) -> Encoded:
@@ -441,16 +390,3 @@ def _cap(cohorts: list[Cohort], cap: int) -> list[list[Cohort]]:
         parts[-1].append(c)
         size += len(c)
     return parts
-
-
-def _split(c: Cohort, cap: int) -> list[Cohort]:
-    """A cohort cut into pieces of at most `cap` rows (same layer, same policy)."""
-    if len(c) <= cap:
-        return [c]
-    out = []
-    for start in range(0, len(c), cap):
-        keep = torch.zeros(len(c), dtype=torch.bool)  # (B,) the batch moves it if needed
-        keep[start:start + cap] = True
-        out.append(Cohort(c.model, c.policy_name, c.policy, c.batch.filter(keep),
-                          c.state.filter(keep), c.rows[start:start + cap]))
-    return out

@@ -13,29 +13,13 @@ from models.captioner import MultiExitCaptioner
 from models.loading import LoadedModel
 from policies import ExitPolicy, PolicyError, build_policy
 from policies.names import known_policy
+from service.engine.cost import StepCost
 from service.engine.handles import PolicyKey
 from service.protocol import BadRequest, ModelInfo, ResolvedNames
 
 POLICY_CACHE = 256  # distinct (policy, params) objects kept per model
 ServableModel = StepModel | MultiExitCaptioner
-
-
-@dataclass
-class StepCost:
-    """Online estimate of the wall time one more layer step costs a row (EMA of measured steps).
-
-    Seeded from the manifest's profile (batch 1), then follows what the engine measures at the
-    current load, so a latency budget accounts for the batch the row is in.
-    """
-
-    seconds: float
-    alpha: float = 0.2
-    observed: int = 0
-
-    def update(self, measured_s: float) -> None:
-        self.seconds = measured_s if self.observed == 0 else (
-            (1 - self.alpha) * self.seconds + self.alpha * measured_s)
-        self.observed += 1
+__all__ = ["ServedModel", "StepCost", "seed_step_cost"]
 
 
 @dataclass

@@ -117,3 +117,52 @@ def test_token_shadow_checks_match_full_depth_and_leave_the_state_unchanged(
         assert torch.equal(ka, kb)
     expected = [bool(full.tokens[i] == checked.tokens[i]) for i in (0, 2)]
     assert [ok for _, ok in checked.checks] == expected
+
+
+async def test_the_caption_adapter_on_the_engine_loop(artifact: Path) -> None:
+    """Admission merges requests into one cohort, a cancelled request's captions leave before
+    the next token, the others finish, overload is refused and the gauges rest at 0."""
+    import asyncio
+
+    from models.loading import load_artifact
+    from service.engine.captioning import CaptionHandle, CaptionRunner, decode_images
+    from service.engine.cost import StepCost
+    from service.engine.handles import PolicyKey, now
+    from service.engine.served import ServedModel
+    from service.protocol import Overloaded
+    from tests.unit.service.engine.test_scheduler import GaugeSink
+
+    loaded = load_artifact(artifact, "cpu", "float32")
+    served = ServedModel(loaded, "none", "cpu", StepCost(0.001))
+    sink = GaugeSink()
+    runner = CaptionRunner(max_rows=4, queue_limit=6, sink=sink)
+    key = PolicyKey("none", ())
+    loop = asyncio.get_running_loop()
+
+    def submit(name: str) -> CaptionHandle:
+        t = now()
+        h = CaptionHandle(served=served, policy=key, policy_obj=served.policy(key),
+                          pixels=decode_images([png(0), png(1)], served.captioner.config.image),
+                          max_tokens=5, events=asyncio.Queue(), loop=loop, request_id=name,
+                          arrival=t, deadline=t + 30, budget_s=None)
+        runner.reserve(h.size)
+        runner.submit(h)
+        return h
+
+    gone, stays = submit("gone"), submit("stays")
+    with pytest.raises(Overloaded, match=r"4 images waiting, limit 6 \(queue_limit\)"):
+        runner.reserve(3)
+    assert runner.run_once()
+    assert [len(c) for c in runner.cohorts] == [4] and sink.active[-1] == 4  # one cohort
+    gone.cancel()
+    assert runner.run_once()
+    assert {h.request_id for h in runner.in_flight()} <= {"stays"}  # gone before the token
+    for _ in range(10):
+        if runner.idle():
+            break
+        runner.run_once()
+    assert runner.idle() and (sink.queue[-1], sink.active[-1]) == (0, 0)
+    await asyncio.sleep(0)
+    results = [stays.events.get_nowait() for _ in range(stays.events.qsize())]
+    assert sorted(ev.index for ev in results if ev.result is not None) == [0, 1]
+    assert gone.events.qsize() == 0  # nobody listens: nothing is sent
