@@ -32,7 +32,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.data import load_movie_reviews  # noqa: E402
+from models.build.data import load_movie_reviews  # noqa: E402
 
 
 async def _one(client: httpx.AsyncClient, url: str, text: str, label: int,

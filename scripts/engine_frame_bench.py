@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # ---- child: one run on the tree it was started in -------------------------------------------
 async def _child(args: argparse.Namespace) -> dict[str, Any]:
     import service  # from PYTHONPATH: the tree under test
-    from models.data import load_movie_reviews
+    from models.build.data import load_movie_reviews
     from service.engine import EngineConfig, InProcessEngine
     from service.protocol import ClassifyRequest
 

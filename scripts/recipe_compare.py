@@ -1,11 +1,11 @@
 """Compare calibrated builds of one task: per-exit accuracy, calibrated points, seed spread.
 
 Each argument is `LABEL=DIR` (a calibrated artifact). For every build it reads the per-exit
-accuracy from the manifest, replays every calibrated policy on test (the serving path, through
-`policies.evaluation.evaluate`), and measures the validation wall: the best layer speed-up of one
-global max-prob threshold whose *point* loss on validation is <= 0.5 points (no guard can certify
-more than that on this validation split). Builds that share a `--group` prefix (LABEL up to the
-first '@', e.g. `d0@s42`, `d0@s1`) are summarised as median / min / max.
+accuracy from the manifest, replays every calibrated policy on test (the serving path,
+through `policies.fit.evaluation.evaluate`), and measures the validation wall: the best layer
+speed-up of one global max-prob threshold whose *point* loss on validation is <= 0.5 points
+(no guard can certify more than that on this validation split). Builds that share a label
+prefix (LABEL up to the first '@', e.g. `d0@s42`, `d0@s1`) are summarised as median / min / max.
 
     python scripts/recipe_compare.py base@s42=artifacts/text-default d0@s42=artifacts/td-d0-s42 \
         --json docs/figures/recipe_compare.json
@@ -23,9 +23,9 @@ from typing import Any
 
 from models.artifact import read_manifest
 from policies.base import probabilities
-from policies.calibration import CalibrationConfig, load_split
-from policies.evaluation import evaluate
-from policies.sweep import sweep_global
+from policies.fit.calibration import CalibrationConfig, load_split
+from policies.fit.evaluation import evaluate
+from policies.fit.sweep import sweep_global
 
 POLICIES = ("maxprob", "beem", "eenet", "patience")
 TOL = 0.005

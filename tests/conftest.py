@@ -38,7 +38,7 @@ def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_caption_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained tiny-caption artifact (3 decoder layers, 32-px images; seconds to build)."""
-    from models.recipes import BuildOptions, build
+    from models.build.recipes import BuildOptions, build
 
     out = tmp_path_factory.mktemp("artifacts") / "tiny-caption"
     build("tiny-caption", BuildOptions(out=out, device="cpu", progress=False))

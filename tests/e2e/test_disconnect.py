@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from models.recipes import BuildOptions, build
+from models.build.recipes import BuildOptions, build
 from tests.e2e.server import start_server
 
 TEXTS = ["a great film", "dull and boring", "wonderful acting", "awful"] * 16  # 64 texts

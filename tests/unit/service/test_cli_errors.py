@@ -1,11 +1,11 @@
-"""Every CLI path ends in its result or one line of reason (service/cli.py)."""
+"""Every CLI path ends in its result or one line of reason (tools/cli.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from service import cli
-from service.commands import bench
+from tools.commands import bench
 
 
 def test_an_unexpected_error_is_one_line(monkeypatch: pytest.MonkeyPatch,
