@@ -105,6 +105,10 @@ class Settings(BaseSettings):
 
     # ---- lifecycle and logging -------------------------------------------------------------------
     shutdown_grace_s: float = Field(10.0, ge=0)
+    ready_when: Literal["all", "any"] = Field(
+        "all", description="/readyz and /v2/health/ready answer 200 when every configured model "
+                           "serves (all) or at least one does (any); either way a model that "
+                           "failed to load answers 503 with its reason and the others serve")
     log_json: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -26,7 +27,7 @@ from service.engine.config import EngineConfig
 from service.engine.handles import PolicyKey, RequestHandle, now
 from service.engine.live import LiveAgreement
 from service.engine.scheduler import Scheduler
-from service.engine.served import ServedModel, seed_step_cost
+from service.engine.served import ServedModel, failed_info, seed_step_cost
 from service.engine.tokenize import TokenBatcher
 from service.protocol import (
     BadRequest,
@@ -56,10 +57,11 @@ class InProcessEngine:
         self.cfg = cfg
         self.sink: StatsSink = sink or NullSink()
         self.served: dict[str, ServedModel] = {}
-        self.failed: dict[str, str] = {}  # artifact path -> why it did not load
+        self.failed: dict[str, ModelInfo] = {}  # artifact path -> what did not load, and why
         self.scheduler: Scheduler | None = None
         self._thread: threading.Thread | None = None
-        self._ready = False
+        self._ready = False  # every model served and accepting requests (`ready_when=all`)
+        self._serving = False  # started and not shutting down: loaded models answer
         self._warmed = threading.Event()
         self.captions: CaptionRunner | None = None  # worker for captioner models, when loaded
         self._caption_thread: threading.Thread | None = None
@@ -75,6 +77,7 @@ class InProcessEngine:
         if any(m.loaded.kind == "captioner" for m in self.served.values()):
             self._start_captions()
         self.sink.set_loaded_models(len(self.served))
+        self._serving = True
         self._ready = bool(self.served) and not self.failed
 
     def _start_captions(self) -> None:
@@ -95,13 +98,21 @@ class InProcessEngine:
         device = str(resolve_device(self.cfg.device))
         got = await asyncio.to_thread(self._load_and_warm, path, device)
         if isinstance(got, str):
-            self.failed[path] = got
+            self._fail(path, got)
         else:
             self.served[got.name] = got
             if got.loaded.kind == "captioner" and self.captions is None:
                 self._start_captions()
         self.sink.set_loaded_models(len(self.served))
-        self._ready = bool(self.served) and not self.failed
+        self._ready = self._serving and bool(self.served) and not self.failed
+
+    def _fail(self, path: str, why: str) -> None:
+        """Record a model that did not load (under its folder name when its manifest's name
+        is taken by a served model: a duplicate)."""
+        info = failed_info(path, why)
+        if info.name in self.served:
+            info = replace(info, name=path.rstrip("/").rsplit("/", 1)[-1] or path)
+        self.failed[path] = info
 
     def _load_and_warm(self, path: str, device: str) -> ServedModel | str:
         torch.set_grad_enabled(False)  # as in _load_all (per thread)
@@ -122,7 +133,7 @@ class InProcessEngine:
         for path in self.cfg.models:
             got = self._load_one(path, device)
             if isinstance(got, str):
-                self.failed[path] = got
+                self._fail(path, got)
             else:
                 self.served[got.name] = got
 
@@ -212,7 +223,7 @@ class InProcessEngine:
 
     async def shutdown(self, grace_s: float = 10.0) -> None:
         """Stop accepting, let queued and in-flight rows finish within `grace_s`, then stop."""
-        self._ready = False
+        self._ready = self._serving = False
         await self._shutdown_captions(grace_s)
         sched = self.scheduler
         if sched is None:
@@ -235,10 +246,11 @@ class InProcessEngine:
         return self._ready
 
     def models(self) -> list[ModelInfo]:
+        """Served models (ready while the engine accepts requests), then the failed ones."""
         infos = [m.info() for m in self.served.values()]
-        infos += [ModelInfo(name=_name_of(p), kind="unknown", ready=False, error=why)
-                  for p, why in self.failed.items()]
-        return infos
+        if not self._serving:
+            infos = [replace(i, ready=False) for i in infos]
+        return infos + list(self.failed.values())
 
     def status(self) -> EngineStatus:
         s, c = self.scheduler, self.captions
@@ -257,13 +269,22 @@ class InProcessEngine:
 
     # ---- requests -------------------------------------------------------------------------------
     def _model(self, name: str | None, kind: str = "text-classifier") -> ServedModel:
+        """The served model a request names (None: the first of `kind`); 503 with the reason
+        for a model that failed to load, 404 for an unknown name."""
         if name is None:
             for m in self.served.values():
                 if m.loaded.kind == kind:
                     return m
+            failed = [f"{f.name}: {f.error}" for f in self.failed.values()
+                      if f.kind in (kind, "unknown")]
+            if failed:
+                raise NotReady(f"no {kind} model is ready; failed to load: " + "; ".join(failed))
             raise UnknownModel(f"no {kind} model is loaded", "model")
         found = self.served.get(name)
         if found is None:
+            for f in self.failed.values():
+                if f.name == name:
+                    raise NotReady(f"model {name!r} failed to load: {f.error}")
             raise UnknownModel(f"unknown model {name!r}; loaded: {sorted(self.served)}", "model")
         if found.loaded.kind != kind:
             raise BadRequest(f"model {name!r} is a {found.loaded.kind}, not a {kind}", "model")
@@ -390,7 +411,3 @@ def _hashable(v: Any) -> Any:
     if isinstance(v, dict):
         return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
     return v
-
-
-def _name_of(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1] or path
