@@ -65,6 +65,13 @@ def server_ready(request: Request) -> bool:
     return engine.ready()
 
 
+def received_at(request: Request) -> float | None:
+    """`time.perf_counter()` when the outermost middleware let the request in (None without
+    it): a request's deadline counts from then, time spent waiting for the event loop included."""
+    value = getattr(request.state, "received_at", None)
+    return float(value) if value is not None else None
+
+
 def settings_of(request: Request) -> Settings:
     """The settings the app was built with."""
     settings: Settings = request.app.state.settings

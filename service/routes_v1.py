@@ -17,6 +17,7 @@ from service.route_helpers import (
     check_texts,
     engine_of,
     label_request,
+    received_at,
     server_ready,
     settings_of,
     unless_disconnected,
@@ -103,7 +104,8 @@ async def classify(body: ClassifyBody, request: Request) -> Response:
         texts=texts, model=body.model, policy=asked,
         params=dict(body.params), latency_budget_ms=body.latency_budget_ms,
         deadline_ms=body.deadline_ms, return_trace=body.return_trace,
-        request_id=request.state.request_id, shadow=body.shadow)))
+        request_id=request.state.request_id, shadow=body.shadow,
+        received_at=received_at(request))))
     request.state.labels.queue_seconds = max(r.queue_ms for r in results) / 1e3
     timing = {"queue_ms": max(r.queue_ms for r in results),
               "compute_ms": max(r.compute_ms for r in results),

@@ -40,6 +40,7 @@ from service.route_helpers import (
     check_text,
     engine_of,
     label_request,
+    received_at,
     server_ready,
     settings_of,
     unless_disconnected,
@@ -135,7 +136,8 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
     results = await unless_disconnected(request, engine.classify(ClassifyRequest(
         texts=texts, model=info.name, policy=asked, params=params.policy_params(),
         latency_budget_ms=params.latency_budget_ms, deadline_ms=params.deadline_ms,
-        request_id=request.state.request_id, shadow=params.shadow)))
+        request_id=request.state.request_id, shadow=params.shadow,
+        received_at=received_at(request))))
     request.state.labels.queue_seconds = max(r.queue_ms for r in results) / 1e3
     return _answer(body, params, info, results, names.policy or "",
                    (time.perf_counter() - t0) * 1e3)

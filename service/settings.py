@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000,
                                       description="how long the batcher waits to fill a batch")
     queue_limit: int = Field(256, ge=1, description="queued rows before 429 Overloaded")
+    max_inflight_requests: int | None = Field(
+        256, ge=1, description="inference requests inside the app at once; more are answered "
+                               "429 before their body is read (None = no bound)")
+    deadline_admission: bool = Field(True, description="refuse (429) a request whose expected "
+                                     "queue wait, from the rows ahead of it and the measured "
+                                     "drain rate, would not leave it time to finish within its "
+                                     "deadline")
     admit_wait_rounds: int = Field(2, ge=0, le=64, description="layer rounds queued texts may "
                                    "wait for half the batch to free up (bigger cohorts)")
     catch_up_rounds: int = Field(0, ge=0, le=64, description="layer rounds a deeper cohort may "
@@ -105,6 +112,10 @@ class Settings(BaseSettings):
 
     # ---- lifecycle and logging -------------------------------------------------------------------
     shutdown_grace_s: float = Field(10.0, ge=0)
+    gil_switch_interval_ms: float = Field(
+        0.5, gt=0, le=100, description="Python's thread switch interval (sys.setswitchinterval; "
+        "Python's default is 5 ms): how soon the event loop gets the GIL back from the engine "
+        "threads; shorter keeps the loop answering under a flood (docs/BENCHMARKS.md)")
     ready_when: Literal["all", "any"] = Field(
         "all", description="/readyz and /v2/health/ready answer 200 when every configured model "
                            "serves (all) or at least one does (any); either way a model that "

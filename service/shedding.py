@@ -1,34 +1,103 @@
-"""Early load shedding: answer 429 before reading the body when the engine queue is full.
+"""Early load shedding, the outermost middleware: 429 before anything else is spent on a request.
 
-Under several times the capacity the cost of refusing matters: parsing and validating a body
-only to refuse it takes CPU from the requests being served. This pure-ASGI middleware asks the
-engine's cheap `status()` first. The engine's own admission check (queue room reserved before
+Under several times the capacity, what a refusal costs decides the goodput: every millisecond the
+event loop spends refusing is taken from the requests being served, and a loop that cannot keep
+up leaves requests waiting unseen in socket buffers until their deadlines pass. So an inference
+request is refused here, before the request id, the access log, the API key, the router and the
+body, when either
+
+- the engine queue holds `queue_limit` rows (its cheap `status()`), or
+- `max_inflight` inference requests are already inside the app (accepted, not yet answered): a
+  bound on the work the loop has taken on, which holds even when the loop, not the engine, is
+  the bottleneck (the engine queue then stays short while requests pile up waiting for the loop).
+
+The refusal is a pre-built JSON body (the uniform error, with a fresh request id) and one
+counter; refusals are logged as one summary line per second, not one line each. The engine's own
+admission (queue room and the expected wait against the request's deadline, reserved before
 tokenising) stays the authority; this is the fast path.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import send_error
-from service.middleware import endpoint_of
+from service.errors import REQUEST_ID_HEADER
+from service.middleware import endpoint_of, new_request_id, status_label
+from service.stats import RequestStats, StatsSink
+
+log = logging.getLogger("eeserve.shed")
+_RID = REQUEST_ID_HEADER.encode()
 
 
 class LoadShedMiddleware:
-    def __init__(self, app: ASGIApp, queue_limit: int, retry_after_s: int = 1):
+    """429 (with Retry-After) for inference requests while the engine queue is full or
+    `max_inflight` inference requests are in the app."""
+
+    def __init__(self, app: ASGIApp, queue_limit: int, max_inflight: int | None = None,
+                 sink: StatsSink | None = None, retry_after_s: int = 1):
         self.app = app
         self.queue_limit = queue_limit
-        self.retry_after = str(retry_after_s)
+        self.max_inflight = max_inflight
+        self.sink = sink
+        self.inflight = 0
+        self.retry_after = str(retry_after_s).encode()
+        self._queue_msg = (f'{{"error": "queue full: limit {queue_limit} texts (queue_limit); '
+                           f'retry after {retry_after_s} s", "code": "overloaded", '
+                           f'"field": null, "request_id": "').encode()
+        self._busy_msg = (f'{{"error": "server busy: {max_inflight} requests in flight '
+                          f'(max_inflight_requests); retry after {retry_after_s} s", '
+                          f'"code": "overloaded", "field": null, "request_id": "').encode()
+        self.shed_total = 0
+        self._logged_at, self._logged_total = 0.0, 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] == "http" and scope.get("method") == "POST"
-                and endpoint_of(scope["path"]) is not None):
-            engine = getattr(scope["app"].state, "engine", None)
-            if engine is not None and engine.status().queue_depth >= self.queue_limit:
-                rid = scope.get("state", {}).get("request_id", "")
-                await send_error(send, 429, "overloaded",
-                                 f"queue full: limit {self.queue_limit} texts (queue_limit); "
-                                 f"retry after {self.retry_after} s", rid,
-                                 {"Retry-After": self.retry_after})
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        endpoint = endpoint_of(scope["path"])
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        msg = self._refusal(scope)
+        if msg is not None:
+            await self._refuse(scope, send, msg, endpoint)
+            return
+        scope.setdefault("state", {})["received_at"] = time.perf_counter()  # deadlines start
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
+
+    def _refusal(self, scope: Scope) -> bytes | None:
+        """The start of the refusal's body, or None to let the request in."""
+        if self.max_inflight is not None and self.inflight >= self.max_inflight:
+            return self._busy_msg
+        engine = getattr(scope["app"].state, "engine", None)
+        if engine is not None and engine.status().queue_depth >= self.queue_limit:
+            return self._queue_msg
+        return None
+
+    async def _refuse(self, scope: Scope, send: Send, head: bytes, endpoint: str) -> None:
+        given = next((v for k, v in scope.get("headers") or [] if k == _RID), b"")
+        rid = new_request_id(given.decode("latin-1"))  # the client's when plain, else fresh
+        body = head + rid.encode() + b'"}'
+        await send({"type": "http.response.start", "status": 429, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (_RID, rid.encode()), (b"retry-after", self.retry_after)]})
+        await send({"type": "http.response.body", "body": body})
+        self.shed_total += 1
+        if self.sink is not None:
+            self.sink.record_request(RequestStats(
+                model="unknown", policy="unknown", endpoint=endpoint,
+                status=status_label(429), queue_seconds=0.0, total_seconds=0.0))
+        now = time.monotonic()
+        if now - self._logged_at >= 1.0:
+            log.warning("shedding load", extra={
+                "refused": self.shed_total - self._logged_total, "inflight": self.inflight,
+                "seconds": round(min(now - self._logged_at, 3600.0), 3)})
+            self._logged_at, self._logged_total = now, self.shed_total

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ import torch
 from models.base import Encoded
 from models.loading import BackendChoice, load_artifact, resolve_device
 from policies.names import known_policy
+from service.engine.admission import DeadlineAdmission
 from service.engine.captioning import CaptionHandle, CaptionRunner, decode_images
 from service.engine.captioning import warm_up as warm_up_captioner
 from service.engine.config import EngineConfig
@@ -66,6 +68,7 @@ class InProcessEngine:
         self.captions: CaptionRunner | None = None  # worker for captioner models, when loaded
         self._caption_thread: threading.Thread | None = None
         self._tokenizers: dict[str, TokenBatcher] = {}  # per text model, event loop only
+        self.admission = DeadlineAdmission(cfg.max_batch_size)  # event loop only
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -299,7 +302,17 @@ class InProcessEngine:
         policy = served.policy(key)  # BadRequest on unknown policy or bad params
         if not req.texts:
             raise BadRequest("inputs must hold at least one text", "inputs")
-        arrival = now()
+        arrival = min(now(), req.received_at or math.inf)  # the deadline counts from there
+        timeout_ms = min(req.deadline_ms or self.cfg.request_timeout_ms,
+                         self.cfg.request_timeout_ms)
+        left_s = arrival + timeout_ms / 1e3 - now()
+        if left_s <= 0:  # spent waiting for the event loop: no work for an answer nobody reads
+            raise DeadlineExceeded(f"no answer within {timeout_ms:.0f} ms (the deadline passed "
+                                   "before the request reached the engine)", "deadline_ms")
+        if self.cfg.deadline_admission:  # Overloaded when the queue cannot be left in time
+            sched = self.scheduler
+            self.admission.check(now(), sched.pending_rows + sched.reserved_rows,
+                                 len(req.texts), left_s)
         self.scheduler.reserve(len(req.texts))  # Overloaded before any work is done
         try:
             enc = await self._token_batcher(served).encode(list(req.texts))
@@ -312,8 +325,6 @@ class InProcessEngine:
             raise BadRequest(f"inputs[{i}] is longer than the model's "
                              f"{served.text_model.config.max_length} tokens (long_text=reject)",
                              "inputs")
-        timeout_ms = min(req.deadline_ms or self.cfg.request_timeout_ms,
-                         self.cfg.request_timeout_ms)
         loop = asyncio.get_running_loop()
         handle = RequestHandle(
             model=served.name, policy=key, policy_obj=policy, encoded=enc,
@@ -323,8 +334,11 @@ class InProcessEngine:
             return_trace=req.return_trace, shadow=req.shadow)
         self.scheduler.submit(handle)
         try:
-            return await asyncio.wait_for(asyncio.shield(handle.future),
-                                          timeout_ms / 1e3 + 1.0)
+            results: list[ClassifyResult] = await asyncio.wait_for(
+                asyncio.shield(handle.future), max(0.0, handle.deadline - now()) + 1.0)
+            self.admission.answered(now(), len(results),
+                                    max(r.compute_ms for r in results) / 1e3)
+            return results
         except TimeoutError:
             handle.cancel()
             raise DeadlineExceeded(f"no answer within {timeout_ms:.0f} ms", "deadline_ms") \
