@@ -104,3 +104,10 @@ def test_policy_parameters_pass_through_on_both_routes(client: TestClient) -> No
     assert first.params == second.params == {"threshold": 0.5}
     assert first.policy == second.policy == "maxprob"
     assert first.deadline_ms == second.deadline_ms == 80
+
+
+@pytest.mark.parametrize("length", ["+5", "1_0", " 5", "-1", "0x5"])
+def test_header_length_is_plain_digits(client: TestClient, length: str) -> None:
+    r = client.post("/v2/models/fake/infer", content=b'{"inputs": []}' + b"x" * 20,
+                    headers={"Inference-Header-Content-Length": length})
+    assert r.status_code == 400 and r.json()["field"] == "Inference-Header-Content-Length"
