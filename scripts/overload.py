@@ -125,7 +125,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await capacity(client, args.url, args.policy, args.concurrency, args.probe_s))
         rate = cap * args.factor
         if args.generator == "k6":
+            started = time.time()
             phase = await asyncio.to_thread(k6_overload, args, rate)
+            phase["epoch_span"] = [round(started, 3), round(time.time(), 3)]  # for server logs
             rss_peak = await rss_mb(client, args.url)
             await asyncio.sleep(args.settle_s)
             rss1 = await rss_mb(client, args.url)

@@ -49,7 +49,8 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        sys.setswitchinterval(settings.gil_switch_interval_ms / 1e3)  # process-wide
+        if settings.gil_switch_interval_ms is not None:
+            sys.setswitchinterval(settings.gil_switch_interval_ms / 1e3)  # process-wide
         eng = engine if engine is not None else build_engine(settings, sink)
         if builds:
             eng = ProgressiveEngine(cast(GrowingEngine, eng), builds, device=settings.device,

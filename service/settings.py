@@ -45,10 +45,11 @@ class Settings(BaseSettings):
     max_inflight_requests: int | None = Field(
         256, ge=1, description="inference requests inside the app at once; more are answered "
                                "429 before their body is read (None = no bound)")
-    deadline_admission: bool = Field(True, description="refuse (429) a request whose expected "
+    deadline_admission: bool = Field(False, description="refuse (429) a request whose expected "
                                      "queue wait, from the rows ahead of it and the measured "
                                      "drain rate, would not leave it time to finish within its "
-                                     "deadline")
+                                     "deadline (off by default: with clients that resend at once "
+                                     "it lowered goodput, see docs/BENCHMARKS.md)")
     admit_wait_rounds: int = Field(2, ge=0, le=64, description="layer rounds queued texts may "
                                    "wait for half the batch to free up (bigger cohorts)")
     catch_up_rounds: int = Field(0, ge=0, le=64, description="layer rounds a deeper cohort may "
@@ -112,10 +113,10 @@ class Settings(BaseSettings):
 
     # ---- lifecycle and logging -------------------------------------------------------------------
     shutdown_grace_s: float = Field(10.0, ge=0)
-    gil_switch_interval_ms: float = Field(
-        0.5, gt=0, le=100, description="Python's thread switch interval (sys.setswitchinterval; "
-        "Python's default is 5 ms): how soon the event loop gets the GIL back from the engine "
-        "threads; shorter keeps the loop answering under a flood (docs/BENCHMARKS.md)")
+    gil_switch_interval_ms: float | None = Field(
+        None, gt=0, le=100, description="Python's thread switch interval (sys.setswitchinterval;"
+        " None keeps Python's 5 ms): how soon the event loop gets the GIL back from the engine "
+        "threads (0.5 vs 5 ms under a flood: within the noise here, docs/BENCHMARKS.md)")
     ready_when: Literal["all", "any"] = Field(
         "all", description="/readyz and /v2/health/ready answer 200 when every configured model "
                            "serves (all) or at least one does (any); either way a model that "

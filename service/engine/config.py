@@ -38,7 +38,7 @@ class EngineConfig:
     catch_up_rounds: int = 0  # rounds a deeper cohort may wait for younger ones to merge (0: off)
     default_policy: str | None = None  # overrides each model's own default
     request_timeout_ms: float = 30_000  # default and largest deadline
-    deadline_admission: bool = True  # 429 when the expected queue wait misses the deadline
+    deadline_admission: bool = False  # 429 when the expected queue wait misses the deadline
     long_text: str = "truncate"  # or "reject"
     torch_threads: int | None = None
     backend: str = "torch"  # torch, onnx or auto (text models)
