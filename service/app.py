@@ -100,7 +100,8 @@ def _middleware(app: FastAPI, settings: Settings, sink: PrometheusStatLogger) ->
                        open_prefixes=prefixes)
     app.add_middleware(RequestContextMiddleware, sink=sink)
     app.add_middleware(LoadShedMiddleware, queue_limit=settings.queue_limit,
-                       max_inflight=settings.max_inflight_requests, sink=sink)
+                       max_inflight=settings.max_inflight_requests, sink=sink,
+                       hold_s=settings.shed_hold_ms / 1e3)
 
 
 def _openapi_with_limits(app: FastAPI, settings: Settings) -> None:

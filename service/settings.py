@@ -43,8 +43,12 @@ class Settings(BaseSettings):
                                       description="how long the batcher waits to fill a batch")
     queue_limit: int = Field(256, ge=1, description="queued rows before 429 Overloaded")
     max_inflight_requests: int | None = Field(
-        256, ge=1, description="inference requests inside the app at once; more are answered "
-                               "429 before their body is read (None = no bound)")
+        32, ge=1, description="inference requests inside the app at once (about two batches "
+                              "of one-text requests); more are answered 429 before their body "
+                              "is read (None = no bound)")
+    shed_hold_ms: float = Field(500.0, ge=0, le=10_000, description="how long an early 429 "
+                                "is held before it is sent, so clients that ignore Retry-After "
+                                "cannot turn refusals into a flood (0 = at once)")
     deadline_admission: bool = Field(False, description="refuse (429) a request whose expected "
                                      "queue wait, from the rows ahead of it and the measured "
                                      "drain rate, would not leave it time to finish within its "

@@ -12,13 +12,18 @@ body, when either
   the bottleneck (the engine queue then stays short while requests pile up waiting for the loop).
 
 The refusal is a pre-built JSON body (the uniform error, with a fresh request id) and one
-counter; refusals are logged as one summary line per second, not one line each. The engine's own
-admission (queue room and the expected wait against the request's deadline, reserved before
-tokenising) stays the authority; this is the fast path.
+counter; refusals are logged as one summary line per second, not one line each. A refusal is
+held for `hold_s` before it is sent (a timer, no CPU; at most `max_held` at once, beyond that
+at once): a client that ignores Retry-After and sends again as soon as it is refused would
+otherwise turn every cheap refusal into another request, and a pool of such clients into a
+flood of refusals that takes the event loop from the requests being served. The engine's own
+admission (queue room reserved before tokenising; with `deadline_admission`, the expected wait
+against the request's deadline) stays the authority; this is the fast path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -37,8 +42,12 @@ class LoadShedMiddleware:
     `max_inflight` inference requests are in the app."""
 
     def __init__(self, app: ASGIApp, queue_limit: int, max_inflight: int | None = None,
-                 sink: StatsSink | None = None, retry_after_s: int = 1):
+                 sink: StatsSink | None = None, retry_after_s: int = 1, hold_s: float = 0.0,
+                 max_held: int = 1024):
         self.app = app
+        self.hold_s = hold_s
+        self.max_held = max_held
+        self.held = 0
         self.queue_limit = queue_limit
         self.max_inflight = max_inflight
         self.sink = sink
@@ -84,6 +93,12 @@ class LoadShedMiddleware:
     async def _refuse(self, scope: Scope, send: Send, head: bytes, endpoint: str) -> None:
         given = next((v for k, v in scope.get("headers") or [] if k == _RID), b"")
         rid = new_request_id(given.decode("latin-1"))  # the client's when plain, else fresh
+        if self.hold_s > 0 and self.held < self.max_held:
+            self.held += 1
+            try:
+                await asyncio.sleep(self.hold_s)
+            finally:
+                self.held -= 1
         body = head + rid.encode() + b'"}'
         await send({"type": "http.response.start", "status": 429, "headers": [
             (b"content-type", b"application/json"),
