@@ -111,3 +111,18 @@ async def test_other_routes_pass_and_admitted_requests_are_stamped() -> None:
     assert _status(await _call(mw, _scope(full, path="/v1/models/x/retuning/reset"))) == 200
     await _call(mw, _scope(_Engine()))
     assert isinstance(app.seen[-1]["state"]["received_at"], float)
+
+
+async def test_a_refusal_is_held_so_a_client_ignoring_retry_after_cannot_flood() -> None:
+    app = _SlowApp()
+    mw = LoadShedMiddleware(app, queue_limit=0, hold_s=0.2,  # type: ignore[arg-type]
+                            max_held=2)  # queue_limit 0: every request is refused
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    held = [asyncio.ensure_future(_call(mw, _scope(_Engine()))) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    assert mw.held == 2
+    at_once = await _call(mw, _scope(_Engine()))  # over max_held: answered without a hold
+    assert _status(at_once) == 429 and loop.time() - t0 < 0.15
+    assert [_status(await h) for h in held] == [429, 429]
+    assert loop.time() - t0 >= 0.2 and mw.held == 0 and app.seen == []
