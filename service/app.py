@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -48,6 +49,8 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.gil_switch_interval_ms is not None:
+            sys.setswitchinterval(settings.gil_switch_interval_ms / 1e3)  # process-wide
         eng = engine if engine is not None else build_engine(settings, sink)
         if builds:
             eng = ProgressiveEngine(cast(GrowingEngine, eng), builds, device=settings.device,
@@ -84,21 +87,23 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
 
 
 def _middleware(app: FastAPI, settings: Settings, sink: PrometheusStatLogger) -> None:
-    """Outermost first: request context, API key, load shedding, body limit (added in
-    reverse)."""
+    """Outermost first: load shedding (the cheapest refusal comes first), request context,
+    API key, body limit (added in reverse)."""
     def limit_for(path: str) -> int:
         return settings.max_caption_body_bytes if path == "/v1/caption" else \
             settings.max_body_bytes
 
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
-    app.add_middleware(LoadShedMiddleware, queue_limit=settings.queue_limit,
-                       caption_queue_limit=settings.caption_queue_limit)
     key = settings.api_key.get_secret_value() if settings.api_key else None
     open_paths = OPEN_PATHS if settings.open_health_and_metrics else frozenset()
     prefixes = OPEN_PREFIXES if settings.open_health_and_metrics else ()
     app.add_middleware(ApiKeyMiddleware, api_key=key, open_paths=open_paths,
                        open_prefixes=prefixes)
     app.add_middleware(RequestContextMiddleware, sink=sink, shutdown=app.state.shutdown)
+    app.add_middleware(LoadShedMiddleware, queue_limit=settings.queue_limit,
+                       max_inflight=settings.max_inflight_requests, sink=sink,
+                       hold_s=settings.shed_hold_ms / 1e3,
+                       caption_queue_limit=settings.caption_queue_limit)
 
 
 def _openapi_with_limits(app: FastAPI, settings: Settings) -> None:

@@ -68,9 +68,15 @@ def _is_tag(part: Any) -> bool:
 
 def validation_message(exc: RequestValidationError) -> tuple[str, str]:
     """(field, message) of the most specific validation error, in the request's own terms."""
-    errs = list(exc.errors()) or [{"loc": ("body",), "msg": "invalid request"}]
+    return describe_errors(list(exc.errors()))
+
+
+def describe_errors(errors: list[Any], prefix: tuple[Any, ...] = ()) -> tuple[str, str]:
+    """(field, message) of the most specific of pydantic's `errors()`, their locations under
+    `prefix` (e.g. `("parameters",)`), in the request's own terms: `inputs[0].shape[0]: ...`."""
+    errs = errors or [{"loc": ("body",), "msg": "invalid request"}]
     err = max(errs, key=lambda e: len([p for p in e.get("loc", ()) if not _is_tag(p)]))
-    field = _loc(tuple(err.get("loc", ())))
+    field = _loc((*prefix, *err.get("loc", ())))
     msg = str(err.get("msg", "invalid value"))
     if err.get("type") == "json_invalid":
         return "body", "body is not valid JSON"

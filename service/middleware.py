@@ -3,9 +3,10 @@ request, and a 500 without a traceback for anything unhandled. Pure ASGI, no tor
 
 Middleware order, outermost first (see `service.app.create_app`):
 
+    LoadShedMiddleware        service.shedding: 429 before anything else when the engine queue
+                              is full or `max_inflight_requests` are in the app
     RequestContextMiddleware  this module
     ApiKeyMiddleware          service.auth: `Authorization: Bearer <key>` -> else 401
-    LoadShedMiddleware        service.shedding: 429 before reading the body when the queue is full
     BodyLimitMiddleware       service.limits: 413 before the body is parsed
 
 Logs never contain the API key, the Authorization header, query strings or request bodies

@@ -32,11 +32,10 @@ def split_body(body: bytes, header_length: str | None) -> RawRequest:
     """Separate the JSON header from the binary tensors (400 on a malformed header)."""
     if header_length is None:
         return RawRequest(_json(body), b"")
-    try:
-        n = int(header_length)
-    except ValueError:
-        raise BadRequest(f"Inference-Header-Content-Length {header_length!r} is not a number",
-                         "Inference-Header-Content-Length") from None
+    if not (header_length.isascii() and header_length.isdigit()):  # int() takes "+1", "1_0"
+        raise BadRequest(f"Inference-Header-Content-Length {header_length[:32]!r} is not a "
+                         "number of bytes", "Inference-Header-Content-Length")
+    n = int(header_length)
     if not 0 < n <= len(body):
         raise BadRequest(f"Inference-Header-Content-Length {n} does not fit a body of "
                          f"{len(body)} bytes", "Inference-Header-Content-Length")

@@ -2,9 +2,9 @@
 
 `ProgressiveEngine` wraps the engine and a `Builder` (service/building.py): `models()` lists the
 loaded models and, for each model still building, one with `ready=False` and
-`details["build"]` (state, stage, step/total, seconds left, one human line); `ready()` (/readyz)
-stays false until every build is served. Requests are gated per model (`require_model`): a model
-answers as soon as it is loaded, while the others build. Torch-free.
+`details["build"]` (state, stage, step/total, seconds left, one human line); `ready()` stays false
+until every build is served. Requests are gated per model (`require_model`): a model answers as
+soon as it is loaded, while the others build (or failed). Torch-free.
 """
 
 from __future__ import annotations
@@ -96,20 +96,31 @@ def build_line(m: ModelInfo) -> str:
 
 
 def require_model(engine: EngineClient, model: str | None, kind: str) -> None:
-    """503 unless the model a request names (or the first of `kind`) can answer now.
+    """503 unless the model a request names (or the first ready one of `kind`) can answer now.
 
-    Every configured model must load before anything is served (a load failure keeps the
-    server unready); models still building only hold back requests for themselves."""
+    Readiness is per model: a model that failed to load, or is still building, answers 503
+    with its reason while the others serve. An unknown name passes (the engine answers 404
+    naming the loaded models)."""
     if engine.ready():
         return
     infos = engine.models()
-    if not any(building(m) for m in infos) or any(m.error and not building(m) for m in infos):
-        raise NotReady("models are not loaded yet")
-    matching = [m for m in infos if m.kind == kind and (model is None or m.name == model)]
-    if any(m.ready for m in matching):
+    if model is not None:
+        named = [m for m in infos if m.name == model]
+        if not named or any(m.ready for m in named):
+            return
+        raise NotReady(f"model {model!r} is not ready: " + not_ready_line(named[0]))
+    if any(m.ready for m in infos if m.kind == kind):
         return
-    if model is not None and not any(m.name == model for m in infos):
-        return  # unknown: the engine answers 404 naming the loaded models
-    waits = [build_line(m) for m in matching if building(m)] or \
-        [build_line(m) for m in infos if building(m)]
-    raise NotReady(f"no {kind} model is ready yet; " + "; ".join(waits))
+    waits = [m for m in infos if not m.ready and m.kind in (kind, "unknown")] or \
+        [m for m in infos if not m.ready]
+    if not waits:
+        raise NotReady("models are not loaded yet")
+    raise NotReady(f"no {kind} model is ready yet; " + "; ".join(
+        f"{m.name}: {not_ready_line(m)}" for m in waits))
+
+
+def not_ready_line(m: ModelInfo) -> str:
+    """Why a model does not answer: its build's progress, its load error, or "not loaded"."""
+    if building(m):
+        return str(m.details["build"]["line"])
+    return f"failed to load: {m.error}" if m.error else "not loaded yet"

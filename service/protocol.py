@@ -66,6 +66,8 @@ class ClassifyRequest:
     return_trace: bool = False
     request_id: str = ""
     shadow: bool = False  # check every early answer of this request against the last exit
+    received_at: float | None = None  # time.perf_counter() when the server got the request;
+    # the deadline counts from it (None: from when the engine sees the request)
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,22 @@ def engine_of(request: Request) -> EngineClient:
     return engine
 
 
+def server_ready(request: Request) -> bool:
+    """Readiness of the server (/readyz, /v2/health/ready) under `ready_when`: every model
+    serves (`all`), or at least one does (`any`)."""
+    engine = engine_of(request)
+    if settings_of(request).ready_when == "any":
+        return any(m.ready for m in engine.models())
+    return engine.ready()
+
+
+def received_at(request: Request) -> float | None:
+    """`time.perf_counter()` when the outermost middleware let the request in (None without
+    it): a request's deadline counts from then, time spent waiting for the event loop included."""
+    value = getattr(request.state, "received_at", None)
+    return float(value) if value is not None else None
+
+
 def settings_of(request: Request) -> Settings:
     """The settings the app was built with."""
     settings: Settings = request.app.state.settings

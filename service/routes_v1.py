@@ -10,13 +10,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.metrics import CONTENT_TYPE
-from service.progressive import build_line, building, require_model
+from service.progressive import building, not_ready_line, require_model
 from service.protocol import ClassifyRequest, ModelInfo, UnknownModel
 from service.route_helpers import (
     ERRORS,
     check_texts,
     engine_of,
     label_request,
+    received_at,
+    server_ready,
     settings_of,
     unless_disconnected,
 )
@@ -41,17 +43,17 @@ async def healthz() -> HealthOut:
 
 
 @router.get("/readyz", response_model=ReadyOut, tags=["health"],
-            responses={503: {"model": ReadyOut, "description": "models not (all) loaded"}})
+            responses={503: {"model": ReadyOut, "description": "models not loaded "
+                                                                "(see ready_when)"}})
 async def readyz(request: Request) -> JSONResponse:
-    """Readiness: 200 once every configured model is loaded, else 503 with the reasons."""
-    engine = engine_of(request)
-    infos = engine.models()
+    """Readiness: 200 once every configured model serves (or one, with `ready_when=any`),
+    else 503; `detail` names each model that does not serve, and why."""
+    infos = engine_of(request).models()
     models = [ModelReadiness(name=m.name, ready=m.ready, error=m.error, **_build_of(m))
               for m in infos]
-    ready = engine.ready()
-    detail = None if ready else "; ".join(
-        build_line(m) if building(m) else f"{m.name}: {m.error or 'not loaded'}"
-        for m in infos if not m.ready) or "models are not loaded yet"
+    ready = server_ready(request)
+    detail = "; ".join(f"{m.name}: {not_ready_line(m)}" for m in infos if not m.ready) or \
+        (None if ready else "models are not loaded yet")
     body = ReadyOut(status="ready" if ready else "not_ready", models=models, detail=detail)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
@@ -102,7 +104,8 @@ async def classify(body: ClassifyBody, request: Request) -> Response:
         texts=texts, model=body.model, policy=asked,
         params=dict(body.params), latency_budget_ms=body.latency_budget_ms,
         deadline_ms=body.deadline_ms, return_trace=body.return_trace,
-        request_id=request.state.request_id, shadow=body.shadow)))
+        request_id=request.state.request_id, shadow=body.shadow,
+        received_at=received_at(request))))
     request.state.labels.queue_seconds = max(r.queue_ms for r in results) / 1e3
     timing = {"queue_ms": max(r.queue_ms for r in results),
               "compute_ms": max(r.compute_ms for r in results),

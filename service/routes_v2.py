@@ -10,14 +10,14 @@ to the policy (e.g. `threshold`). Response parameters: `policy`, `mean_exit_laye
 from __future__ import annotations
 
 import json
-import math
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from service.errors import describe_errors
 from service.oip import (
     HEADER,
     RawRequest,
@@ -41,10 +41,13 @@ from service.route_helpers import (
     check_text,
     engine_of,
     label_request,
+    received_at,
+    server_ready,
     settings_of,
     unless_disconnected,
 )
 from service.schemas import (
+    InferParameters,
     InferRequestBody,
     LiveOut,
     ModelMetadata,
@@ -57,10 +60,8 @@ from service.schemas import (
 from service.settings import Settings
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
-RESERVED = {"policy", "latency_budget_ms", "deadline_ms", "binary_data_output", "return_trace",
-            "shadow"}
+M = TypeVar("M", bound=BaseModel)
 OUTPUTS = ("LABEL", "LABEL_ID", "PROBS", "EXIT_LAYER")
-MAX_MS = 3_600_000  # the largest budget or deadline, as on /v1
 
 
 @router.get("", response_model=ServerMetadata)
@@ -78,7 +79,7 @@ async def live() -> LiveOut:
 
 @router.get("/health/ready", response_model=ReadyV2Out, responses={503: {"model": ReadyV2Out}})
 async def ready(request: Request) -> JSONResponse:
-    ok = engine_of(request).ready()
+    ok = server_ready(request)
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
@@ -127,50 +128,38 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
     require_model(engine, name, "text-classifier")
     info = _model(request, name)
     raw = split_body(await request.body(), request.headers.get(HEADER))
-    body = _validate(raw.header)
+    body = _validate(InferRequestBody, raw.header)
+    params = _validate(InferParameters, body.parameters, ("parameters",))
     texts = _texts(body, raw, settings_of(request))
-    params = body.parameters
-    policy = params.get("policy")
-    budget, deadline = (_positive(params, k) for k in ("latency_budget_ms", "deadline_ms"))
-    if policy is not None and not isinstance(policy, str):
-        raise BadRequest("parameters.policy must be a string", "parameters.policy")
-    shadow = params.get("shadow", False)
-    if not isinstance(shadow, bool):
-        raise BadRequest("parameters.shadow must be a boolean", "parameters.shadow")
-    names = engine.resolve("text-classifier", info.name, policy)
+    asked = params.policy or settings_of(request).default_policy
+    names = engine.resolve("text-classifier", info.name, asked)
     label_request(request, names, len(texts))
     results = await unless_disconnected(request, engine.classify(ClassifyRequest(
-        texts=texts, model=info.name, policy=policy,
-        params={k: check_param(v, f"parameters.{k}") for k, v in params.items()
-                if k not in RESERVED},
-        latency_budget_ms=budget, deadline_ms=deadline, request_id=request.state.request_id,
-        shadow=shadow)))
+        texts=texts, model=info.name, policy=asked,
+        params={k: check_param(v, f"parameters.{k}") for k, v in params.policy_params().items()},
+        latency_budget_ms=params.latency_budget_ms, deadline_ms=params.deadline_ms,
+        request_id=request.state.request_id, shadow=params.shadow,
+        received_at=received_at(request))))
     request.state.labels.queue_seconds = max(r.queue_ms for r in results) / 1e3
-    return _answer(body, info, results, names.policy or "", (time.perf_counter() - t0) * 1e3)
+    return _answer(body, params, info, results, names.policy or "",
+                   (time.perf_counter() - t0) * 1e3)
 
 
-def _validate(header: dict[str, Any]) -> InferRequestBody:
+def _validate(model: type[M], data: Any, prefix: tuple[str, ...] = ()) -> M:
+    """`data` as `model`, or a 400 naming the most specific offending field."""
     try:
-        return InferRequestBody.model_validate(header)
+        return model.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise BadRequest(f"{loc}: {err['msg']}", loc) from None
+        field, message = describe_errors(list(e.errors()), prefix)
+        raise BadRequest(message, field) from None
 
 
-def _positive(params: dict[str, Any], key: str) -> float | None:
-    v = params.get(key)
-    if v is None:
-        return None
-    try:
-        ok = not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v) \
-            and 0 < v <= MAX_MS
-    except OverflowError:  # an int too large for a float
-        ok = False
-    if not ok:
-        raise BadRequest(f"parameters.{key} must be a positive finite number up to {MAX_MS:g}, "
-                         f"got {str(v)[:40]}", f"parameters.{key}")
-    return float(v)
+def _flag(params: dict[str, Any], key: str, default: bool, field: str) -> bool:
+    """A boolean tensor parameter (`binary_data`), never a truthy string or number."""
+    v = params.get(key, default)
+    if not isinstance(v, bool):
+        raise BadRequest(f"{field}.{key} must be a boolean, got {v!r}", f"{field}.{key}")
+    return v
 
 
 def _texts(body: InferRequestBody, raw: RawRequest, settings: Settings) -> list[str]:
@@ -207,7 +196,7 @@ def _items(data: list[Any] | None, params: dict[str, Any], raw: RawRequest,
     if size is not None:
         if data is not None:
             raise BadRequest("inputs[0]: both data and binary_data_size given", "inputs[0]")
-        if not isinstance(size, int) or size != len(raw.binary):
+        if isinstance(size, bool) or not isinstance(size, int) or size != len(raw.binary):
             raise BadRequest(f"inputs[0].parameters.binary_data_size={size!r} but "
                              f"{len(raw.binary)} binary bytes follow the header",
                              "inputs[0].parameters.binary_data_size")
@@ -221,8 +210,8 @@ def _items(data: list[Any] | None, params: dict[str, Any], raw: RawRequest,
     return flat
 
 
-def _answer(body: InferRequestBody, info: ModelInfo, results: list[ClassifyResult],
-            policy: str, total_ms: float) -> Response:
+def _answer(body: InferRequestBody, params: InferParameters, info: ModelInfo,
+            results: list[ClassifyResult], policy: str, total_ms: float) -> Response:
     n, c = len(results), len(results[0].probabilities)
     tensors: dict[str, tuple[str, list[int], list[Any]]] = {
         "LABEL": ("BYTES", [n], [r.label for r in results]),
@@ -234,9 +223,9 @@ def _answer(body: InferRequestBody, info: ModelInfo, results: list[ClassifyResul
     for w in wanted:
         if w not in tensors:
             raise BadRequest(f"outputs: unknown output {w!r}; known: {list(OUTPUTS)}", "outputs")
-    binary_all = bool(body.parameters.get("binary_data_output", False))
-    per_output = {o.name: bool(o.parameters.get("binary_data", binary_all))
-                  for o in (body.outputs or [])}
+    binary_all = params.binary_data_output
+    per_output = {o.name: _flag(o.parameters, "binary_data", binary_all, f"outputs[{i}]"
+                                ".parameters") for i, o in enumerate(body.outputs or [])}
     outputs, blobs = [], []
     for w in wanted:
         dtype, shape, data = tensors[w]

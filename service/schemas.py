@@ -19,6 +19,15 @@ SAFE_INT = 2**53  # params beyond this are not exact as floats (service/route_he
 ParamValue = (bool | Annotated[int, Field(ge=-SAFE_INT, le=SAFE_INT)]
               | Annotated[float, Field(allow_inf_nan=False)] | str)
 MIN_DEADLINE_MS = 50.0  # shorter deadlines cannot be met over HTTP; rejected as bad input
+MAX_MS = 3_600_000.0  # an hour: the largest deadline or budget a request may name
+
+# The limits of the request fields that /v1 and /v2 share, defined once: v1's bodies declare
+# them as fields, v2's `parameters` are validated by `InferParameters` with the same types.
+DeadlineMs = Annotated[float, Field(ge=MIN_DEADLINE_MS, le=MAX_MS, allow_inf_nan=False,
+                                    description="give up (504) after this long; capped by the "
+                                                "server's request timeout")]
+BudgetMs = Annotated[float, Field(gt=0, le=MAX_MS, allow_inf_nan=False,
+                                  description="per-sample compute budget; forces earlier exits")]
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
@@ -68,12 +77,8 @@ class ClassifyBody(BaseModel):
     policy: PolicyName | None = Field(None, description="exit policy; default: the model's")
     params: dict[str, ParamValue] = Field(default_factory=dict,
                                           description="policy parameter overrides")
-    latency_budget_ms: float | None = Field(None, gt=0, le=3_600_000, allow_inf_nan=False,
-                                            description="per-sample compute budget; forces "
-                                                        "earlier exits")
-    deadline_ms: float | None = Field(None, ge=MIN_DEADLINE_MS, le=3_600_000, allow_inf_nan=False,
-                                      description="give up (504) after this long; capped by "
-                                                  "the server's request timeout")
+    latency_budget_ms: BudgetMs | None = None
+    deadline_ms: DeadlineMs | None = None
     return_trace: bool = Field(False, description="include every exit the sample passed")
     shadow: bool = Field(False, description="after answering, run every early-exited text on "
                                             "to the last exit (when the server is idle) to "
@@ -146,9 +151,8 @@ class CaptionBody(BaseModel):
     policy: PolicyName | None = None
     params: dict[str, ParamValue] = Field(default_factory=dict)
     max_tokens: int | None = Field(None, ge=1, le=4096)
-    latency_budget_ms: float | None = Field(None, gt=0, le=3_600_000, allow_inf_nan=False,
-                                            description="per-token compute budget")
-    deadline_ms: float | None = Field(None, ge=MIN_DEADLINE_MS, le=3_600_000, allow_inf_nan=False)
+    latency_budget_ms: BudgetMs | None = Field(None, description="per-token compute budget")
+    deadline_ms: DeadlineMs | None = None
     stream: bool = Field(False, description="answer with server-sent events: tokens, then the "
                                             "final result of each image")
 
@@ -254,8 +258,11 @@ class ModelMetadata(BaseModel):
     parameters: OipParams = {}
 
 
+_OIP = ConfigDict(extra="forbid", strict=True)  # strict: `shape: [true]` is no shape
+
+
 class InferInputTensor(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _OIP
 
     name: str
     shape: list[int]
@@ -266,7 +273,7 @@ class InferInputTensor(BaseModel):
 
 
 class RequestedOutput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _OIP
 
     name: str
     parameters: OipParams = {}
@@ -276,7 +283,7 @@ class InferRequestBody(BaseModel):
     """OIP v2 inference request (JSON part). With the binary tensor extension the body is this
     JSON (`Inference-Header-Content-Length` bytes long) followed by the raw tensors."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(**_OIP, json_schema_extra={"examples": [
         {"inputs": [{"name": "TEXT", "shape": [2], "datatype": "BYTES",
                      "data": ["loved it", "a tedious mess"]}],
          "parameters": {"policy": "maxprob", "latency_budget_ms": 50}},
@@ -288,6 +295,25 @@ class InferRequestBody(BaseModel):
     parameters: OipParams = {}
     inputs: list[InferInputTensor] = Field(min_length=1)
     outputs: list[RequestedOutput] | None = None
+
+
+class InferParameters(BaseModel):
+    """The request `parameters` of /v2 infer that the server reads, with the same types and
+    limits as the same fields of /v1 (`ClassifyBody`); every other key is a policy parameter
+    (v1's `params`), checked by the policy."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    policy: PolicyName | None = None
+    latency_budget_ms: BudgetMs | None = None
+    deadline_ms: DeadlineMs | None = None
+    binary_data_output: bool = False
+    return_trace: bool = False
+    shadow: bool = False
+
+    def policy_params(self) -> dict[str, ParamValue]:
+        """The parameters meant for the exit policy (the keys not declared above)."""
+        return dict(self.model_extra or {})
 
 
 class InferOutputTensor(BaseModel):

@@ -43,6 +43,18 @@ class Settings(BaseSettings):
     max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000,
                                       description="how long the batcher waits to fill a batch")
     queue_limit: int = Field(256, ge=1, description="queued rows before 429 Overloaded")
+    max_inflight_requests: int | None = Field(
+        32, ge=1, description="inference requests inside the app at once (about two batches "
+                              "of one-text requests); more are answered 429 before their body "
+                              "is read (None = no bound)")
+    shed_hold_ms: float = Field(500.0, ge=0, le=10_000, description="how long an early 429 "
+                                "is held before it is sent, so clients that ignore Retry-After "
+                                "cannot turn refusals into a flood (0 = at once)")
+    deadline_admission: bool = Field(False, description="refuse (429) a request whose expected "
+                                     "queue wait, from the rows ahead of it and the measured "
+                                     "drain rate, would not leave it time to finish within its "
+                                     "deadline (off by default: with clients that resend at once "
+                                     "it lowered goodput, see docs/BENCHMARKS.md)")
     admit_wait_rounds: int = Field(2, ge=0, le=64, description="layer rounds queued texts may "
                                    "wait for half the batch to free up (bigger cohorts)")
     catch_up_rounds: int = Field(0, ge=0, le=64, description="layer rounds a deeper cohort may "
@@ -128,6 +140,14 @@ class Settings(BaseSettings):
     # ---- lifecycle and logging -------------------------------------------------------------------
     shutdown_grace_s: float = Field(10.0, ge=0, description="in-flight requests may finish for "
                                     "this long after SIGTERM; then they are answered 503")
+    gil_switch_interval_ms: float | None = Field(
+        None, gt=0, le=100, description="Python's thread switch interval (sys.setswitchinterval;"
+        " None keeps Python's 5 ms): how soon the event loop gets the GIL back from the engine "
+        "threads (0.5 vs 5 ms under a flood: within the noise here, docs/BENCHMARKS.md)")
+    ready_when: Literal["all", "any"] = Field(
+        "all", description="/readyz and /v2/health/ready answer 200 when every configured model "
+                           "serves (all) or at least one does (any); either way a model that "
+                           "failed to load answers 503 with its reason and the others serve")
     log_json: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -38,6 +38,7 @@ class EngineConfig:
     catch_up_rounds: int = 0  # rounds a deeper cohort may wait for younger ones to merge (0: off)
     default_policy: str | None = None  # overrides each model's own default
     request_timeout_ms: float = 30_000  # default and largest deadline
+    deadline_admission: bool = False  # 429 when the expected queue wait misses the deadline
     long_text: str = "truncate"  # or "reject"
     torch_threads: int | None = None
     backend: str = "torch"  # torch, onnx or auto (text models)
@@ -59,6 +60,7 @@ class EngineConfig:
                    queue_limit=s.queue_limit, default_policy=s.default_policy,
                    admit_wait_rounds=s.admit_wait_rounds, catch_up_rounds=s.catch_up_rounds,
                    request_timeout_ms=s.request_timeout_ms, long_text=s.long_text,
+                   deadline_admission=s.deadline_admission,
                    torch_threads=s.torch_threads, backend=s.backend, precision=s.precision,
                    onnx_threads=s.onnx_threads, onnx_spinning=s.onnx_spinning,
                    parallel_steps=s.parallel_steps, max_image_pixels=s.max_image_pixels,

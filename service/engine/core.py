@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -21,6 +23,7 @@ import torch
 from models.base import Encoded
 from models.loading import BackendChoice, load_artifact, resolve_device
 from policies.names import known_policy
+from service.engine.admission import DeadlineAdmission
 from service.engine.captioning import CaptionHandle, CaptionRunner
 from service.engine.captioning import warm_up as warm_up_captioner
 from service.engine.config import EngineConfig
@@ -29,7 +32,7 @@ from service.engine.images import decode_images
 from service.engine.live import LiveAgreement
 from service.engine.loop import EngineLoop, RowGauges
 from service.engine.scheduler import Scheduler
-from service.engine.served import ServedModel, seed_step_cost
+from service.engine.served import ServedModel, failed_info, seed_step_cost
 from service.engine.tokenize import TokenBatcher
 from service.image_limits import ImageLimits
 from service.protocol import (
@@ -60,10 +63,11 @@ class InProcessEngine:
         self.cfg = cfg
         self.sink: StatsSink = sink or NullSink()
         self.served: dict[str, ServedModel] = {}
-        self.failed: dict[str, str] = {}  # artifact path -> why it did not load
+        self.failed: dict[str, ModelInfo] = {}  # artifact path -> what did not load, and why
         self.scheduler: Scheduler | None = None
         self._thread: threading.Thread | None = None
-        self._ready = False
+        self._ready = False  # every model served and accepting requests (`ready_when=all`)
+        self._serving = False  # started and not shutting down: loaded models answer
         self._warmed = threading.Event()
         self.captions: CaptionRunner | None = None  # worker for captioner models, when loaded
         self._caption_thread: threading.Thread | None = None
@@ -72,6 +76,7 @@ class InProcessEngine:
         self._image_pool = ThreadPoolExecutor(cfg.image_threads, "eeserve-images")
         self._token_pool = ThreadPoolExecutor(cfg.tokenize_threads, "eeserve-tokens")
         self._gauges = RowGauges(self.sink)  # queue depth and active rows over both loops
+        self.admission = DeadlineAdmission(cfg.max_batch_size)  # event loop only
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -83,6 +88,7 @@ class InProcessEngine:
         if any(m.loaded.kind == "captioner" for m in self.served.values()):
             self._start_captions()
         self.sink.set_loaded_models(len(self.served))
+        self._serving = True
         self._ready = bool(self.served) and not self.failed
 
     def _start_captions(self) -> None:
@@ -103,13 +109,21 @@ class InProcessEngine:
         device = str(resolve_device(self.cfg.device))
         got = await asyncio.to_thread(self._load_and_warm, path, device)
         if isinstance(got, str):
-            self.failed[path] = got
+            self._fail(path, got)
         else:
             self.served[got.name] = got
             if got.loaded.kind == "captioner" and self.captions is None:
                 self._start_captions()
         self.sink.set_loaded_models(len(self.served))
-        self._ready = bool(self.served) and not self.failed
+        self._ready = self._serving and bool(self.served) and not self.failed
+
+    def _fail(self, path: str, why: str) -> None:
+        """Record a model that did not load (under its folder name when its manifest's name
+        is taken by a served model: a duplicate)."""
+        info = failed_info(path, why)
+        if info.name in self.served:
+            info = replace(info, name=path.rstrip("/").rsplit("/", 1)[-1] or path)
+        self.failed[path] = info
 
     def _load_and_warm(self, path: str, device: str) -> ServedModel | str:
         torch.set_grad_enabled(False)  # as in _load_all (per thread)
@@ -130,7 +144,7 @@ class InProcessEngine:
         for path in self.cfg.models:
             got = self._load_one(path, device)
             if isinstance(got, str):
-                self.failed[path] = got
+                self._fail(path, got)
             else:
                 self.served[got.name] = got
 
@@ -218,7 +232,7 @@ class InProcessEngine:
 
         Every loop is treated alike: close, wait (one grace period for all), drop what is
         left, stop, join."""
-        self._ready = False
+        self._ready = self._serving = False
         loops = self._loops()
         for loop, _, _ in loops:
             loop.close()
@@ -239,10 +253,11 @@ class InProcessEngine:
         return self._ready
 
     def models(self) -> list[ModelInfo]:
+        """Served models (ready while the engine accepts requests), then the failed ones."""
         infos = [m.info() for m in self.served.values()]
-        infos += [ModelInfo(name=_name_of(p), kind="unknown", ready=False, error=why)
-                  for p, why in self.failed.items()]
-        return infos
+        if not self._serving:
+            infos = [replace(i, ready=False) for i in infos]
+        return infos + list(self.failed.values())
 
     def status(self) -> EngineStatus:
         s, c = self.scheduler, self.captions
@@ -262,13 +277,22 @@ class InProcessEngine:
 
     # ---- requests -------------------------------------------------------------------------------
     def _model(self, name: str | None, kind: str = "text-classifier") -> ServedModel:
+        """The served model a request names (None: the first of `kind`); 503 with the reason
+        for a model that failed to load, 404 for an unknown name."""
         if name is None:
             for m in self.served.values():
                 if m.loaded.kind == kind:
                     return m
+            failed = [f"{f.name}: {f.error}" for f in self.failed.values()
+                      if f.kind in (kind, "unknown")]
+            if failed:
+                raise NotReady(f"no {kind} model is ready; failed to load: " + "; ".join(failed))
             raise UnknownModel(f"no {kind} model is loaded", "model")
         found = self.served.get(name)
         if found is None:
+            for f in self.failed.values():
+                if f.name == name:
+                    raise NotReady(f"model {name!r} failed to load: {f.error}")
             raise UnknownModel(f"unknown model {name!r}; loaded: {sorted(self.served)}", "model")
         if found.loaded.kind != kind:
             raise BadRequest(f"model {name!r} is a {found.loaded.kind}, not a {kind}", "model")
@@ -283,7 +307,17 @@ class InProcessEngine:
         policy = served.policy(key)  # BadRequest on unknown policy or bad params
         if not req.texts:
             raise BadRequest("inputs must hold at least one text", "inputs")
-        arrival = now()
+        arrival = min(now(), req.received_at or math.inf)  # the deadline counts from there
+        timeout_ms = min(req.deadline_ms or self.cfg.request_timeout_ms,
+                         self.cfg.request_timeout_ms)
+        left_s = arrival + timeout_ms / 1e3 - now()
+        if left_s <= 0:  # spent waiting for the event loop: no work for an answer nobody reads
+            raise DeadlineExceeded(f"no answer within {timeout_ms:.0f} ms (the deadline passed "
+                                   "before the request reached the engine)", "deadline_ms")
+        if self.cfg.deadline_admission:  # Overloaded when the queue cannot be left in time
+            sched = self.scheduler
+            self.admission.check(now(), sched.pending_rows + sched.reserved_rows,
+                                 len(req.texts), left_s)
         self.scheduler.reserve(len(req.texts))  # Overloaded before any work is done
         try:
             enc = await self._token_batcher(served).encode(list(req.texts))
@@ -296,8 +330,6 @@ class InProcessEngine:
             raise BadRequest(f"inputs[{i}] is longer than the model's "
                              f"{served.text_model.config.max_length} tokens (long_text=reject)",
                              "inputs")
-        timeout_ms = min(req.deadline_ms or self.cfg.request_timeout_ms,
-                         self.cfg.request_timeout_ms)
         loop = asyncio.get_running_loop()
         handle = RequestHandle(
             model=served.name, policy=key, policy_obj=policy, encoded=enc,
@@ -307,8 +339,11 @@ class InProcessEngine:
             return_trace=req.return_trace, shadow=req.shadow)
         self.scheduler.submit(handle)
         try:
-            return await asyncio.wait_for(asyncio.shield(handle.future),
-                                          max(0.0, handle.deadline - now()) + 1.0)
+            results: list[ClassifyResult] = await asyncio.wait_for(
+                asyncio.shield(handle.future), max(0.0, handle.deadline - now()) + 1.0)
+            self.admission.answered(now(), len(results),
+                                    max(r.compute_ms for r in results) / 1e3)
+            return results
         except TimeoutError:
             handle.cancel()
             raise DeadlineExceeded(f"no answer within {timeout_ms:.0f} ms", "deadline_ms") \
@@ -425,7 +460,3 @@ def _hashable(v: Any) -> Any:
     if isinstance(v, dict):
         return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
     return v
-
-
-def _name_of(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1] or path

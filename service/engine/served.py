@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
+from models.artifact import ArtifactError, read_manifest
 from models.base import StepModel
 from models.captioner import MultiExitCaptioner
 from models.loading import LoadedModel
@@ -143,3 +144,16 @@ def seed_step_cost(manifest: Mapping[str, Any]) -> StepCost:
     if isinstance(layers, list) and layers:
         return StepCost((sum(float(x) for x in layers) / len(layers) + head) / 1e3)
     return StepCost(0.005)
+
+
+def failed_info(path: str, why: str) -> ModelInfo:
+    """A model that did not load, under the name and kind its manifest gives (the folder name
+    and "unknown" when even the manifest cannot be read), so requests naming it are answered
+    503 with `why` while the other models serve."""
+    name, kind = path.rstrip("/").rsplit("/", 1)[-1] or path, "unknown"
+    try:
+        manifest = read_manifest(path, verify=False)
+    except (ArtifactError, OSError):
+        return ModelInfo(name=name, kind=kind, ready=False, error=why)
+    return ModelInfo(name=str(manifest.get("name") or name),
+                     kind=str(manifest.get("kind") or kind), ready=False, error=why)

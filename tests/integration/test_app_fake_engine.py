@@ -192,3 +192,12 @@ def test_classify_accepts_the_shadow_flag(client: TestClient) -> None:
     assert client.post("/v1/classify", json={"inputs": "a", "shadow": True}).status_code == 200
     bad = client.post("/v1/classify", json={"inputs": "a", "shadow": "yes"})
     assert bad.status_code in (400, 422) and "shadow" in bad.text
+
+
+def test_gil_switch_interval_is_applied_when_set() -> None:
+    before = sys.getswitchinterval()
+    try:
+        with _client(gil_switch_interval_ms=1.0):
+            assert sys.getswitchinterval() == pytest.approx(0.001)
+    finally:
+        sys.setswitchinterval(before)

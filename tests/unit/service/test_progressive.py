@@ -45,12 +45,25 @@ def test_a_building_model_answers_503_with_its_progress() -> None:
                       "text-classifier")
 
 
-def test_a_load_failure_still_holds_back_every_model() -> None:
+def test_a_load_failure_holds_back_only_the_model_that_failed() -> None:
+    eng = _Engine([TEXT, FAILED_LOAD, BUILDING_CAP])
+    require_model(eng, "text", "text-classifier")  # type: ignore[arg-type]
+    require_model(eng, None, "text-classifier")  # type: ignore[arg-type]
+    with pytest.raises(NotReady, match="model 'bad' is not ready: failed to load: manifest "
+                                       "missing"):
+        require_model(eng, "bad", "text-classifier")  # type: ignore[arg-type]
+
+
+def test_no_ready_model_of_the_kind_names_every_reason() -> None:
+    with pytest.raises(NotReady, match="no captioner model is ready yet; bad: failed to load: "
+                                       "manifest missing; cap: queued"):
+        require_model(_Engine([TEXT, FAILED_LOAD, BUILDING_CAP]), None,  # type: ignore[arg-type]
+                      "captioner")
     with pytest.raises(NotReady, match="models are not loaded yet"):
-        require_model(_Engine([TEXT, FAILED_LOAD, BUILDING_CAP]), "text",  # type: ignore[arg-type]
-                      "text-classifier")
-    with pytest.raises(NotReady, match="models are not loaded yet"):
-        require_model(_Engine([TEXT]), None, "text-classifier")  # type: ignore[arg-type]
+        require_model(_Engine([]), None, "text-classifier")  # type: ignore[arg-type]
+    stopped = ModelInfo(name="text", kind="text-classifier", ready=False)
+    with pytest.raises(NotReady, match="text: not loaded yet"):
+        require_model(_Engine([stopped]), None, "text-classifier")  # type: ignore[arg-type]
 
 
 def test_an_unknown_name_is_left_to_the_engine_404() -> None:

@@ -73,3 +73,20 @@ def test_public_dict_hides_the_key() -> None:
     assert Settings(api_key="k").public_dict()["api_key"] == "***"
     assert Settings().public_dict()["api_key"] is None
     assert "k" not in str(Settings(api_key="k").public_dict().values())
+
+
+def test_overload_and_readiness_settings_from_the_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Settings()
+    assert (s.ready_when, s.max_inflight_requests, s.deadline_admission,
+            s.gil_switch_interval_ms) == ("all", 32, False, None)
+    monkeypatch.setenv("EESERVE_READY_WHEN", "any")
+    monkeypatch.setenv("EESERVE_MAX_INFLIGHT_REQUESTS", "32")
+    monkeypatch.setenv("EESERVE_DEADLINE_ADMISSION", "true")
+    monkeypatch.setenv("EESERVE_GIL_SWITCH_INTERVAL_MS", "0.5")
+    s = Settings()
+    assert (s.ready_when, s.max_inflight_requests, s.deadline_admission,
+            s.gil_switch_interval_ms) == ("any", 32, True, 0.5)
+    monkeypatch.setenv("EESERVE_READY_WHEN", "some")
+    with pytest.raises(ValidationError, match="ready_when"):
+        Settings()
