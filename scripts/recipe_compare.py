@@ -56,6 +56,8 @@ def one_build(label: str, path: Path) -> dict[str, Any]:
             "delta_pt": round((cal.point.accuracy - rep.last_accuracy) * 100, 2) if cal else None,
             "layer_x": round(cal.point.layer_speedup, 3) if cal else None,
             "kept": p.kept,
+            "val_layer_x": round(float(((manifest.get("policies") or {}).get(p.name) or {})
+                                       .get("operating_point", {}).get("layer_speedup", 0.0)), 3),
             "hindsight_layer_x": round(best.point.layer_speedup, 3) if best else None}
     recipe = manifest.get("recipe") or {}
     return {"label": label, "dir": str(path), "default_policy": manifest.get("default_policy"),
@@ -76,11 +78,12 @@ def spread(builds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                     "max": max(vals)}
         row = {"n": len(bs), "last_test": stats([b["exit_accuracy"]["test"][-1] for b in bs])}
         for pol in POLICIES:
+            vs = [b["policies"][pol]["val_layer_x"] for b in bs]
             xs = [b["policies"][pol]["layer_x"] for b in bs if b["policies"][pol]["layer_x"]]
             ds = [b["policies"][pol]["delta_pt"] for b in bs
                   if b["policies"][pol]["delta_pt"] is not None]
             if xs:
-                row[pol] = {"layer_x": stats(xs), "delta_pt": stats(ds)}
+                row[pol] = {"val_layer_x": stats(vs), "layer_x": stats(xs), "delta_pt": stats(ds)}
         out[name] = row
     return out
 
@@ -95,7 +98,8 @@ def show(builds: list[dict[str, Any]]) -> None:
         print(f"  val wall (max-prob, point loss <= 0.5 pt): {w['layer_speedup']:.2f}x "
               f"at {w['loss_pt']:.2f} pt")
         for name, p in b["policies"].items():
-            print(f"  {name:9s} test: {p['delta_pt']:+.2f} pt / {p['layer_x']:.2f}x "
+            print(f"  {name:9s} val (guarded fit) {p['val_layer_x']:.2f}x;"
+                  f" test: {p['delta_pt']:+.2f} pt / {p['layer_x']:.2f}x "
                   f"kept={p['kept']}  hindsight {p['hindsight_layer_x']}x")
 
 
@@ -116,8 +120,9 @@ def main() -> None:
         parts = [f"last exit test {lt['median']:.2f} [{lt['min']:.2f}, {lt['max']:.2f}] %"]
         for pol in POLICIES:
             if pol in row:
-                x, d = row[pol]["layer_x"], row[pol]["delta_pt"]
-                parts.append(f"{pol} {x['median']:.2f}x [{x['min']:.2f}, {x['max']:.2f}] "
+                x, d, v = row[pol]["layer_x"], row[pol]["delta_pt"], row[pol]["val_layer_x"]
+                parts.append(f"{pol} val {v['median']:.2f}x, test {x['median']:.2f}x "
+                             f"[{x['min']:.2f}, {x['max']:.2f}] "
                              f"{d['median']:+.2f} pt [{d['min']:+.2f}, {d['max']:+.2f}]")
         print(f"  {name} (n={row['n']}): " + "; ".join(parts))
     if args.json:

@@ -58,7 +58,9 @@ def test_names_the_engine_does_not_know_are_unknown_labels() -> None:
         r = c.post("/v2/models/fake/infer", json={
             "parameters": {"policy": "made-up"},
             "inputs": [{"name": "TEXT", "shape": [1], "datatype": "BYTES", "data": ["a"]}]})
-        assert r.status_code == 200  # the fake engine ignores the policy; the label must not
+        # /v2 checks policy names as /v1 does (issue 19: one definition of the shared limits);
+        # the refused request's label must still not carry the made-up name
+        assert r.status_code == 400 and r.json()["field"] == "parameters.policy"
         text = c.get("/metrics").text
         assert 'policy="made-up"' not in text
-        assert _requests_metric(c, "fake", "unknown", "infer") in text
+        assert 'endpoint="infer",model="unknown",policy="unknown",status="bad_request"' in text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service import cli
+from tools import cli
 from tools.commands import bench
 
 

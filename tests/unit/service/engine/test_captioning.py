@@ -125,9 +125,10 @@ async def test_the_caption_adapter_on_the_engine_loop(artifact: Path) -> None:
     import asyncio
 
     from models.loading import load_artifact
-    from service.engine.captioning import CaptionHandle, CaptionRunner, decode_images
+    from service.engine.captioning import CaptionHandle, CaptionRunner
     from service.engine.cost import StepCost
     from service.engine.handles import PolicyKey, now
+    from service.engine.images import decode_images
     from service.engine.served import ServedModel
     from service.protocol import Overloaded
     from tests.unit.service.engine.test_scheduler import GaugeSink
@@ -150,7 +151,7 @@ async def test_the_caption_adapter_on_the_engine_loop(artifact: Path) -> None:
         return h
 
     gone, stays = submit("gone"), submit("stays")
-    with pytest.raises(Overloaded, match=r"4 images waiting, limit 6 \(queue_limit\)"):
+    with pytest.raises(Overloaded, match=r"4 images waiting, limit 6 \(caption_queue_limit\)"):
         runner.reserve(3)
     assert runner.run_once()
     assert [len(c) for c in runner.cohorts] == [4] and sink.active[-1] == 4  # one cohort
