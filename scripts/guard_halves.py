@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from models.artifact import read_manifest  # noqa: E402
-from policies.base import build_policy  # noqa: E402
 from policies.fit.calibration import CalibrationConfig, Split, calibrate, load_split  # noqa: E402
+from policies.registry import build_policy  # noqa: E402
 from policies.replay import replay  # noqa: E402
 
 
