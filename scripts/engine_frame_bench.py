@@ -37,7 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # ---- child: one run on the tree it was started in -------------------------------------------
 async def _child(args: argparse.Namespace) -> dict[str, Any]:
     import service  # from PYTHONPATH: the tree under test
-    from models.build.data import load_movie_reviews
+    try:  # this tree's data module (moved to models.build by issue 13's split)
+        from models.build.data import load_movie_reviews
+    except ImportError:
+        from models.data import load_movie_reviews  # type: ignore[no-redef]
     from service.engine import EngineConfig, InProcessEngine
     from service.protocol import ClassifyRequest
 
