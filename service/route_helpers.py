@@ -17,7 +17,7 @@ from fastapi import Request
 
 from service.errors import ClientGone
 from service.protocol import BadRequest, EngineClient, ResolvedNames
-from service.schemas import ErrorBody
+from service.schemas import SAFE_INT, ErrorBody
 from service.settings import Settings
 
 T = TypeVar("T")
@@ -119,8 +119,6 @@ def check_text(text: str, field: str, settings: Settings) -> str:
 # lone surrogates and control characters other than whitespace (tab, newlines, FF, VT, NEL)
 _NOT_TEXT = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff]")
 
-
-SAFE_INT = 2**53
 
 
 def check_param(value: Any, field: str) -> Any:

@@ -15,7 +15,7 @@ from policies.names import PolicyName
 from service.protocol import CaptionResult, ClassifyResult, ModelInfo
 from service.settings import Settings
 
-SAFE_INT = 2**53  # params beyond this are not exact as floats (service/route_helpers.py)
+SAFE_INT = 2**53  # params beyond this are not exact as floats (also /v2: route_helpers)
 ParamValue = (bool | Annotated[int, Field(ge=-SAFE_INT, le=SAFE_INT)]
               | Annotated[float, Field(allow_inf_nan=False)] | str)
 MIN_DEADLINE_MS = 50.0  # shorter deadlines cannot be met over HTTP; rejected as bad input
