@@ -42,6 +42,7 @@ class TrainConfig:
     warmup: float = 0.1  # fraction of steps with linear warmup
     clip: float = 1.0  # max gradient norm
     distill: float = 0.3  # weight of KL(last exit || exit i); 0 disables self-distillation
+    depth_power: float = 1.0  # exit i's loss weight is i**depth_power (0: every exit alike)
     temperature: float = 2.0  # distillation temperature
     patience: int = 4  # evaluations without improvement before stopping
     evals_per_epoch: int = 3
@@ -105,12 +106,13 @@ def reproducible(threads: int) -> Iterator[None]:
 
 
 def depth_weighted_loss(logits: torch.Tensor, labels: torch.Tensor, distill: float = 0.0,
-                        temperature: float = 2.0) -> torch.Tensor:
-    """sum_i i*CE_i / sum_i i over exits, plus `distill` * mean_i<L KL(p_L || p_i)."""
+                        temperature: float = 2.0, power: float = 1.0) -> torch.Tensor:
+    """sum_i w_i*CE_i / sum_i w_i over exits with w_i = i**power (1: BEEM / PABEE's depth
+    weighting, 0: uniform), plus `distill` * mean_i<L KL(p_L || p_i)."""
     b, k, c = logits.shape  # (B, K, C)
     ce = F.cross_entropy(logits.reshape(b * k, c), labels.repeat_interleave(k), reduction="none")
     ce = ce.view(b, k).mean(0)  # (K,)
-    w = torch.arange(1, k + 1, dtype=ce.dtype, device=ce.device)  # (K,)
+    w = torch.arange(1, k + 1, dtype=ce.dtype, device=ce.device) ** power  # (K,)
     loss = (w * ce).sum() / w.sum()
     if distill > 0 and k > 1:
         t = temperature
@@ -192,7 +194,8 @@ def _train(model: MultiExitTextClassifier, data: TextDataset, cfg: TrainConfig,
     for _epoch in range(cfg.epochs):
         for idx in _batches(data.train, cfg.batch_size, rng):
             ids, mask, y = _tensors(model, data.train, idx, cfg.max_length, device)
-            loss = depth_weighted_loss(model(ids, mask), y, cfg.distill, cfg.temperature)
+            loss = depth_weighted_loss(model(ids, mask), y, cfg.distill, cfg.temperature,
+                                       cfg.depth_power)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)

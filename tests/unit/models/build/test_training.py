@@ -24,6 +24,16 @@ def test_depth_weighted_loss_is_the_weighted_mean_of_exit_ces() -> None:
     torch.testing.assert_close(depth_weighted_loss(logits, y), expected)
 
 
+def test_depth_power_zero_weights_every_exit_alike() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(5, 4, 3)
+    y = torch.randint(0, 3, (5,))
+    ces = torch.stack([F.cross_entropy(logits[:, i], y) for i in range(4)])
+    torch.testing.assert_close(depth_weighted_loss(logits, y, power=0.0), ces.mean())
+    squared = (torch.arange(1, 5) ** 2 * ces).sum() / 30
+    torch.testing.assert_close(depth_weighted_loss(logits, y, power=2.0), squared)
+
+
 def test_distillation_adds_nothing_when_exits_agree_with_the_last() -> None:
     logits = torch.randn(4, 1, 2).expand(4, 3, 2).contiguous()
     y = torch.tensor([0, 1, 0, 1])
