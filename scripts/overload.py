@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -45,6 +46,15 @@ async def rss_mb(client: httpx.AsyncClient, url: str) -> float:
     for line in text.splitlines():
         if line.startswith("process_resident_memory_bytes"):
             return float(line.split()[-1]) / 2**20
+    return float("nan")
+
+
+async def server_cpu_s(client: httpx.AsyncClient, url: str) -> float:
+    """The server process's CPU seconds so far (its `process_cpu_seconds_total`)."""
+    text = (await client.get(f"{url}/metrics")).text
+    for line in text.splitlines():
+        if line.startswith("process_cpu_seconds_total"):
+            return float(line.split()[-1])
     return float("nan")
 
 
@@ -88,18 +98,22 @@ def k6_run(args: argparse.Namespace, seconds: float, **env: str) -> dict[str, An
         env = {"DURATION": str(int(seconds)), "URL": args.url, "POLICY": args.policy,
                "TIMEOUT": str(int(args.client_timeout_s)), "PATH": "/usr/bin:/bin", **env}
         t0 = time.perf_counter()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run([k6, "run", "--no-usage-report", "--quiet", "--summary-export",
                         str(summary), str(script)], env=env, check=False,
                        timeout=seconds + args.client_timeout_s + 120,
                        stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         metrics = json.loads(summary.read_text())["metrics"]
+    k6_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     statuses = {k[len("status_"):]: int(v["count"]) for k, v in metrics.items()
                 if k.startswith("status_") and "count" in v and v["count"]}
     dropped = int(metrics.get("dropped_iterations", {}).get("count", 0))
     lat = metrics.get("ok_latency", {})
     good = int(metrics.get("good_in_deadline", {}).get("count", 0))
     return {"statuses": statuses, "good": good, "wall_s": round(wall, 2),
+            "k6_cpu_s": round(k6_cpu, 2), "k6_cores": round(k6_cpu / wall, 3),
             "k6_dropped_iterations": dropped, "ok_p50_ms": lat.get("med"),
             "ok_p95_ms": lat.get("p(95)"), "ok_p99_ms": lat.get("p(99)")}
 
@@ -110,9 +124,13 @@ def k6_overload(args: argparse.Namespace, rate: float) -> dict[str, Any]:
                   VUS=str(args.vus), DEADLINE_MS=str(args.deadline_ms or 0))
 
 
+PROBE: dict[str, Any] = {}  # what the capacity probe's k6 run cost (k6_cores)
+
+
 def k6_capacity(args: argparse.Namespace) -> float:
     """Closed loop at saturation (`--concurrency` clients, no deadline): 200s per second."""
     got = k6_run(args, args.probe_s, MODE="closed", VUS=str(args.concurrency))
+    PROBE["probe_k6_cores"] = got["k6_cores"]
     return got["statuses"].get("200", 0) / args.probe_s
 
 
@@ -126,7 +144,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         rate = cap * args.factor
         if args.generator == "k6":
             started = time.time()
+            cpu0, t0 = await server_cpu_s(client, args.url), time.perf_counter()
             phase = await asyncio.to_thread(k6_overload, args, rate)
+            phase["server_cores"] = round((await server_cpu_s(client, args.url) - cpu0)
+                                          / (time.perf_counter() - t0), 3)
             phase["epoch_span"] = [round(started, 3), round(time.time(), 3)]  # for server logs
             rss_peak = await rss_mb(client, args.url)
             await asyncio.sleep(args.settle_s)
@@ -148,6 +169,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "lost_or_hung": lost,
                     "429_without_retry_after": st.get("429_without_retry_after", 0),
                     "goodput_rps": round(st.get("200", 0) / args.duration_s, 2), **phase,
+                    **PROBE,
                     "rss_mb_before": round(rss0, 1), "rss_mb_after_load": round(rss_peak, 1),
                     "rss_mb_after_settle": round(rss1, 1)}
         rng = random.Random(0)

@@ -102,7 +102,7 @@ def _middleware(app: FastAPI, settings: Settings, sink: PrometheusStatLogger) ->
     app.add_middleware(RequestContextMiddleware, sink=sink, shutdown=app.state.shutdown)
     app.add_middleware(LoadShedMiddleware, queue_limit=settings.queue_limit,
                        max_inflight=settings.max_inflight_requests, sink=sink,
-                       hold_s=settings.shed_hold_ms / 1e3,
+                       hold_s=settings.shed_hold_ms / 1e3, max_held=settings.shed_max_held,
                        caption_queue_limit=settings.caption_queue_limit)
 
 

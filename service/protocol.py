@@ -165,6 +165,12 @@ class EngineStatus:
     active_rows: int
     loaded_models: int
     caption_queue_depth: int = 0  # images queued or being decoded for captions
+    text_queue_depth: int | None = None  # texts queued for classification (None: queue_depth)
+
+    @property
+    def texts_queued(self) -> int:
+        """What `queue_limit` bounds: queued texts, not caption rows."""
+        return self.queue_depth if self.text_queue_depth is None else self.text_queue_depth
 
 
 @runtime_checkable

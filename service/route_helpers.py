@@ -8,16 +8,16 @@ other.
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from fastapi import Request
+from pydantic import TypeAdapter, ValidationError
 
 from service.errors import ClientGone
 from service.protocol import BadRequest, EngineClient, ResolvedNames
-from service.schemas import SAFE_INT, ErrorBody
+from service.schemas import ErrorBody, ParamValue
 from service.settings import Settings
 
 T = TypeVar("T")
@@ -121,19 +121,20 @@ _NOT_TEXT = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff]")
 
 
 
+_PARAM: TypeAdapter[Any] = TypeAdapter(ParamValue)
+
+
 def check_param(value: Any, field: str) -> Any:
-    """A policy parameter: a boolean, a string or a finite number within ±2^53 (BadRequest
-    naming `field`); the same rule as /v1's `params` schema."""
-    if isinstance(value, bool | str):
-        if isinstance(value, str):
-            check_plain(value, field)
-        return value
-    if isinstance(value, int) and -SAFE_INT <= value <= SAFE_INT:
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return value
-    raise BadRequest(f"{field}: must be a boolean, a string, or a finite number within ±2^53",
-                     field)
+    """A policy parameter of /v2's `parameters`, by /v1's `params` rule (`schemas.ParamValue`:
+    a boolean, a string or a finite number within ±2^53); BadRequest naming `field`."""
+    try:
+        value = _PARAM.validate_python(value, strict=True)
+    except ValidationError:
+        raise BadRequest(f"{field}: must be a boolean, a string, or a finite number within "
+                         "±2^53", field) from None
+    if isinstance(value, str):
+        check_plain(value, field)
+    return value
 
 
 def check_plain(text: str, field: str) -> None:

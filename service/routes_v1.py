@@ -14,6 +14,7 @@ from service.progressive import building, not_ready_line, require_model
 from service.protocol import ClassifyRequest, ModelInfo, UnknownModel
 from service.route_helpers import (
     ERRORS,
+    check_param,
     check_texts,
     engine_of,
     label_request,
@@ -102,7 +103,8 @@ async def classify(body: ClassifyBody, request: Request) -> Response:
     label_request(request, names, len(texts))
     results = await unless_disconnected(request, engine.classify(ClassifyRequest(
         texts=texts, model=body.model, policy=asked,
-        params=dict(body.params), latency_budget_ms=body.latency_budget_ms,
+        params={k: check_param(v, f"params.{k}") for k, v in body.params.items()},
+        latency_budget_ms=body.latency_budget_ms,
         deadline_ms=body.deadline_ms, return_trace=body.return_trace,
         request_id=request.state.request_id, shadow=body.shadow,
         received_at=received_at(request))))

@@ -15,9 +15,11 @@ from policies.names import PolicyName
 from service.protocol import CaptionResult, ClassifyResult, ModelInfo
 from service.settings import Settings
 
-SAFE_INT = 2**53  # params beyond this are not exact as floats (also /v2: route_helpers)
+SAFE_INT = 2**53  # numbers beyond this are not exact as floats
+# A policy parameter on /v1 (`params`) and /v2 (`parameters`, through route_helpers.check_param):
+# a boolean, a string, or a finite number within ±2^53.
 ParamValue = (bool | Annotated[int, Field(ge=-SAFE_INT, le=SAFE_INT)]
-              | Annotated[float, Field(allow_inf_nan=False)] | str)
+              | Annotated[float, Field(ge=-SAFE_INT, le=SAFE_INT, allow_inf_nan=False)] | str)
 MIN_DEADLINE_MS = 50.0  # shorter deadlines cannot be met over HTTP; rejected as bad input
 MAX_MS = 3_600_000.0  # an hour: the largest deadline or budget a request may name
 

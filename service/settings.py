@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     shed_hold_ms: float = Field(500.0, ge=0, le=10_000, description="how long an early 429 "
                                 "is held before it is sent, so clients that ignore Retry-After "
                                 "cannot turn refusals into a flood (0 = at once)")
+    shed_max_held: int = Field(256, ge=0, le=100_000, description="early 429s held at once; "
+                               "past it refusals go at once (an open-loop flood would otherwise "
+                               "hold a connection per refusal)")
     deadline_admission: bool = Field(False, description="refuse (429) a request whose expected "
                                      "queue wait, from the rows ahead of it and the measured "
                                      "drain rate, would not leave it time to finish within its "

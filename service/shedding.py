@@ -96,7 +96,7 @@ class LoadShedMiddleware:
         if scope["path"] == "/v1/caption" and self.caption_queue_limit is not None:
             full = status.caption_queue_depth >= self.caption_queue_limit  # before images parse
             return self._caption_msg if full else None
-        return self._queue_msg if status.queue_depth >= self.queue_limit else None
+        return self._queue_msg if status.texts_queued >= self.queue_limit else None
 
     async def _refuse(self, scope: Scope, send: Send, head: bytes, endpoint: str) -> None:
         given = next((v for k, v in scope.get("headers") or [] if k == _RID), b"")

@@ -6,6 +6,8 @@ Nothing in service/, models/ or policies/ imports it (import-linter contracts in
 
 import os
 
-# As in tools/cli.py, for every entry point here (the build worker, a command imported alone):
-# spin-waiting OpenMP threads steal the other core; set before torch is imported.
+# For every entry point here (the CLI, the build worker, a command imported alone), set before
+# torch is imported: OpenMP threads that spin-wait steal the other core from the event loop and
+# from ONNX Runtime (a batch-1 torch forward took 544 ms instead of 21 ms beside another busy
+# process, see docs/BENCHMARKS.md). An explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -14,11 +14,6 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-# OpenMP threads that spin-wait steal the other core from the event loop and from ONNX Runtime
-# (a batch-1 torch forward took 544 ms instead of 21 ms beside another busy process, see
-# docs/BENCHMARKS.md); set before torch is imported. An explicit setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 # A command imports what only it needs (training, fitting, the engine) inside its `run`, so a
 # command loads its own libraries only; nothing is imported late to dodge a cycle (import-linter
 # checks the graph: pyproject.toml). The expected failures are `tools.errors.EXPECTED`.

@@ -266,7 +266,8 @@ class InProcessEngine:
                             active_rows=(s.active_rows() if s else 0) +
                             (c.active_rows() if c else 0),
                             loaded_models=len(self.served),
-                            caption_queue_depth=(c.pending_rows + c.reserved_rows if c else 0))
+                            caption_queue_depth=(c.pending_rows + c.reserved_rows if c else 0),
+                            text_queue_depth=s.pending_rows if s else 0)
 
     def resolve(self, task: Task, model: str | None, policy: str | None) -> ResolvedNames:
         """The names `classify` / `caption` run a request under (EngineClient.resolve)."""

@@ -6,7 +6,7 @@ import functools
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from models.artifact import ArtifactError, read_manifest
 from models.base import StepModel
@@ -17,6 +17,9 @@ from policies.names import known_policy
 from service.engine.cost import StepCost
 from service.engine.handles import PolicyKey
 from service.protocol import BadRequest, ModelInfo, ResolvedNames
+
+if TYPE_CHECKING:  # the shadow checks' state, built by the engine only when they are on
+    from service.engine.live import LiveAgreement
 
 POLICY_CACHE = 256  # distinct (policy, params) objects kept per model
 ServableModel = StepModel | MultiExitCaptioner
@@ -29,7 +32,7 @@ class ServedModel:
     default_policy: str
     device: str
     step_cost: StepCost
-    live: Any = None  # service.engine.live.LiveAgreement when shadow checks are on
+    live: LiveAgreement | None = None  # when shadow checks are on
     _policies: dict[PolicyKey, ExitPolicy] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

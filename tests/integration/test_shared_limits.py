@@ -58,6 +58,19 @@ def test_a_shared_parameter_has_one_limit_on_both_routes(client: TestClient, nam
         assert v2.json()["field"] == f"parameters.{name}" and name in v2.json()["error"]
 
 
+@pytest.mark.parametrize(("value", "status"), [
+    (0.9, 200), (2**53, 200), ("beem", 200), (False, 200), (2**60, 400), (1e300, 400),
+    (-(2**53) - 2, 400), ("x\x00", 400), ("\u0085", 200), (None, 400), ([1], 400)])
+def test_a_policy_parameter_has_one_rule_on_both_routes(client: TestClient, value: Any,
+                                                        status: int) -> None:
+    v1 = client.post("/v1/classify", json={"inputs": ["fine"], "params": {"threshold": value}})
+    v2 = _v2(client, ["fine"], threshold=value)
+    assert (v1.status_code, v2.status_code) == (status, status), (v1.text, v2.text)
+    if status == 400:
+        assert v1.json()["field"].startswith("params")
+        assert v2.json()["field"] == "parameters.threshold"
+
+
 def test_deadline_1_ms_is_a_400_not_an_instant_504(client: TestClient) -> None:
     r = _v2(client, ["fine"], deadline_ms=1)
     assert r.status_code == 400 and "greater than or equal to 50" in r.json()["error"]

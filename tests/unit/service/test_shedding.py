@@ -15,11 +15,13 @@ from service.stats import RequestStats
 
 
 class _Engine:
-    def __init__(self, queue_depth: int = 0):
+    def __init__(self, queue_depth: int = 0, text_queue_depth: int | None = None):
         self.queue_depth = queue_depth
+        self.text_queue_depth = text_queue_depth
 
     def status(self) -> EngineStatus:
-        return EngineStatus(queue_depth=self.queue_depth, active_rows=0, loaded_models=1)
+        return EngineStatus(queue_depth=self.queue_depth, active_rows=0, loaded_models=1,
+                            text_queue_depth=self.text_queue_depth)
 
 
 class _Sink:
@@ -100,6 +102,16 @@ async def test_a_full_engine_queue_is_a_429_naming_queue_limit() -> None:
     assert _status(refused) == 429 and "queue_limit" in _json(refused)["error"]
     assert len(_json(refused)["request_id"]) == 32  # a fresh id when none was given
     assert _status(await _call(mw, _scope(_Engine(queue_depth=7)))) == 200
+
+
+async def test_queued_caption_rows_do_not_count_against_the_text_queue_limit() -> None:
+    app = _SlowApp()
+    app.release.set()
+    mw = LoadShedMiddleware(app, queue_limit=8, max_inflight=None)  # type: ignore[arg-type]
+    captions_queued = _Engine(queue_depth=7 + 30, text_queue_depth=7)  # 30 caption rows
+    assert _status(await _call(mw, _scope(captions_queued))) == 200
+    full = _Engine(queue_depth=8 + 30, text_queue_depth=8)
+    assert _status(await _call(mw, _scope(full))) == 429
 
 
 async def test_other_routes_pass_and_admitted_requests_are_stamped() -> None:
