@@ -27,7 +27,7 @@ from service.progressive import GrowingEngine, ProgressiveEngine
 from service.protocol import EngineClient
 from service.schemas import apply_limits
 from service.settings import Settings
-from service.shedding import LoadShedMiddleware
+from service.shedding import LoadShedMiddleware, Shedder
 
 log = logging.getLogger("eeserve.app")
 
@@ -100,10 +100,12 @@ def _middleware(app: FastAPI, settings: Settings, sink: PrometheusStatLogger) ->
     app.add_middleware(ApiKeyMiddleware, api_key=key, open_paths=open_paths,
                        open_prefixes=prefixes)
     app.add_middleware(RequestContextMiddleware, sink=sink, shutdown=app.state.shutdown)
-    app.add_middleware(LoadShedMiddleware, queue_limit=settings.queue_limit,
-                       max_inflight=settings.max_inflight_requests, sink=sink,
-                       hold_s=settings.shed_hold_ms / 1e3, max_held=settings.shed_max_held,
-                       caption_queue_limit=settings.caption_queue_limit)
+    app.state.shedder = Shedder(queue_limit=settings.queue_limit,
+                                max_inflight=settings.max_inflight_requests, sink=sink,
+                                hold_s=settings.shed_hold_ms / 1e3,
+                                max_held=settings.shed_max_held,
+                                caption_queue_limit=settings.caption_queue_limit)
+    app.add_middleware(LoadShedMiddleware, shedder=app.state.shedder)
 
 
 def _openapi_with_limits(app: FastAPI, settings: Settings) -> None:

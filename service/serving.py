@@ -9,6 +9,10 @@
                     within `timeout_body_s` (from the end of its head) gets a 408 and is closed;
                     a connection beyond `max_connections` gets a 503 and is closed at once. Idle
                     keep-alive connections are closed by uvicorn's own `timeout_keep_alive`.
+                    Load shedding's fast path: an inference request the app's `Shedder` refuses
+                    is answered 429 from here, as soon as its head is parsed -- no ASGI task, no
+                    middleware, a pre-built response written to the socket (held `shed_hold_ms`
+                    by a timer); its body is read and dropped, the connection kept alive.
     ShutdownSignal: set when the server starts shutting down; requests still running when the
                     grace period ends are answered 503 with the uniform JSON error by
                     service.middleware (uvicorn would cancel them into a plain-text 500 and log
@@ -27,6 +31,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from service.middleware import ShutdownSignal
 from service.settings import Settings
+from service.shedding import Shedder, request_id_of
 
 
 def _raw_error(status: int, reason: str, message: str) -> bytes:
@@ -42,6 +47,53 @@ class GuardedHTTP(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
     timeout_headers_s: float = 10.0
     timeout_body_s: float = 30.0
     max_connections: int = 1024
+    shedder: Shedder | None = None  # the app's (None: refusals only in the ASGI middleware)
+    served_state: Any = None  # the app's `state`, for its engine (uvicorn has `app_state`)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        """uvicorn's hook (httptools protocol) that starts the ASGI task of a parsed request
+        head: a request the shedder refuses is answered here instead."""
+        sh = self.shedder
+        if sh is not None:
+            scope = cycle.scope
+            refusal = sh.refusal(scope["method"], scope["path"],
+                                 getattr(self.served_state, "engine", None))
+            if refusal is not None:
+                self._shed(cycle, *refusal)
+                return
+        super()._start_asgi_task(cycle, app)
+
+    def _shed(self, cycle: Any, endpoint: str, head: bytes) -> None:
+        assert self.shedder is not None
+        rid = request_id_of(cycle.scope["headers"])
+        body = self.shedder.body(head, rid)
+        close = b"" if cycle.keep_alive else b"connection: close\r\n"
+        data = (b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\nx-request-id: " +
+                rid.encode() + b"\r\nretry-after: " + self.shedder.retry_after + b"\r\n" +
+                close + b"\r\n" + body)
+        hold = self.shedder.take_hold()
+        if hold > 0:
+            self.loop.call_later(hold, self._send_shed, cycle, data, endpoint, True)
+        else:
+            self._send_shed(cycle, data, endpoint, False)
+
+    def _send_shed(self, cycle: Any, data: bytes, endpoint: str, held: bool) -> None:
+        """Write a refusal and finish its cycle as uvicorn finishes a response (keep-alive,
+        pipelined requests); the rest of its body is dropped as it arrives."""
+        assert self.shedder is not None
+        if held:
+            self.shedder.give_back_hold()
+        self.shedder.refused(endpoint)
+        if self.transport.is_closing():
+            return
+        cycle.response_started = True
+        cycle.response_complete = True
+        cycle.message_event.set()
+        self.transport.write(data)
+        if not cycle.keep_alive:
+            self.transport.close()
+        self.on_response_complete()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -118,19 +170,25 @@ class GracefulServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def protocol_for(settings: Settings) -> type[GuardedHTTP]:
-    """A GuardedHTTP subclass carrying these settings' limits."""
+def protocol_for(settings: Settings, app: Any = None) -> type[GuardedHTTP]:
+    """A GuardedHTTP subclass carrying these settings' limits (and `app`'s shedder, when it
+    has one and uvicorn's httptools protocol offers the hook; else the middleware sheds)."""
+    state = getattr(app, "state", None)
+    shedder = getattr(state, "shedder", None)
+    if not callable(getattr(AutoHTTPProtocol, "_start_asgi_task", None)):
+        shedder = None  # h11 protocol, or a uvicorn without the hook
     return type("EeserveHTTP", (GuardedHTTP,), {
         "timeout_headers_s": settings.timeout_headers_s,
         "timeout_body_s": settings.timeout_body_s,
-        "max_connections": settings.max_connections})
+        "max_connections": settings.max_connections,
+        "shedder": shedder, "served_state": state})
 
 
 def server_for(app: Any, settings: Settings, **uvicorn_kw: Any) -> GracefulServer:
     """The configured server (not started); `app.state.shutdown` is its ShutdownSignal."""
     grace: Any = settings.shutdown_grace_s  # uvicorn types it int; a float works the same
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
-                            http=protocol_for(settings),
+                            http=protocol_for(settings, app),
                             timeout_keep_alive=max(1, round(settings.timeout_keep_alive_s)),
                             timeout_graceful_shutdown=grace, access_log=False, **uvicorn_kw)
     return GracefulServer(config, app.state.shutdown)

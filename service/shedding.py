@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -37,14 +39,15 @@ log = logging.getLogger("eeserve.shed")
 _RID = REQUEST_ID_HEADER.encode()
 
 
-class LoadShedMiddleware:
-    """429 (with Retry-After) for inference requests while the engine queue is full or
-    `max_inflight` inference requests are in the app."""
+class Shedder:
+    """The refusal decision and its bookkeeping, shared by the outermost ASGI middleware
+    (`LoadShedMiddleware`) and the HTTP protocol's fast path (service/serving.py), which refuses
+    before any ASGI work: no task, no scope for the app, a pre-built response written to the
+    socket. `inflight` counts the inference requests inside the app (the middleware's part)."""
 
-    def __init__(self, app: ASGIApp, queue_limit: int, max_inflight: int | None = None,
+    def __init__(self, queue_limit: int, max_inflight: int | None = None,
                  sink: StatsSink | None = None, retry_after_s: int = 1, hold_s: float = 0.0,
                  max_held: int = 1024, caption_queue_limit: int | None = None):
-        self.app = app
         self.hold_s = hold_s
         self.max_held = max_held
         self.held = 0
@@ -66,53 +69,39 @@ class LoadShedMiddleware:
         self.shed_total = 0
         self._logged_at, self._logged_total = 0.0, 0
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") != "POST":
-            await self.app(scope, receive, send)
-            return
-        endpoint = endpoint_of(scope["path"])
+    def refusal(self, method: str, path: str, engine: Any) -> tuple[str, bytes] | None:
+        """(endpoint label, start of the refusal's body) for a request to refuse, else None."""
+        if method != "POST":
+            return None
+        endpoint = endpoint_of(path)
         if endpoint is None:
-            await self.app(scope, receive, send)
-            return
-        msg = self._refusal(scope)
-        if msg is not None:
-            await self._refuse(scope, send, msg, endpoint)
-            return
-        scope.setdefault("state", {})["received_at"] = time.perf_counter()  # deadlines start
-        self.inflight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.inflight -= 1
-
-    def _refusal(self, scope: Scope) -> bytes | None:
-        """The start of the refusal's body, or None to let the request in."""
+            return None
         if self.max_inflight is not None and self.inflight >= self.max_inflight:
-            return self._busy_msg
-        engine = getattr(scope["app"].state, "engine", None)
+            return endpoint, self._busy_msg
         if engine is None:
             return None
         status = engine.status()
-        if scope["path"] == "/v1/caption" and self.caption_queue_limit is not None:
+        if path == "/v1/caption" and self.caption_queue_limit is not None:
             full = status.caption_queue_depth >= self.caption_queue_limit  # before images parse
-            return self._caption_msg if full else None
-        return self._queue_msg if status.texts_queued >= self.queue_limit else None
+            return (endpoint, self._caption_msg) if full else None
+        return (endpoint, self._queue_msg) if status.texts_queued >= self.queue_limit else None
 
-    async def _refuse(self, scope: Scope, send: Send, head: bytes, endpoint: str) -> None:
-        given = next((v for k, v in scope.get("headers") or [] if k == _RID), b"")
-        rid = new_request_id(given.decode("latin-1"))  # the client's when plain, else fresh
+    def body(self, head: bytes, rid: str) -> bytes:
+        return head + rid.encode() + b'"}'
+
+    def take_hold(self) -> float:
+        """Seconds to hold the next refusal (0: at once, over `max_held`); a hold taken must be
+        given back with `give_back_hold`."""
         if self.hold_s > 0 and self.held < self.max_held:
             self.held += 1
-            try:
-                await asyncio.sleep(self.hold_s)
-            finally:
-                self.held -= 1
-        body = head + rid.encode() + b'"}'
-        await send({"type": "http.response.start", "status": 429, "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (_RID, rid.encode()), (b"retry-after", self.retry_after)]})
-        await send({"type": "http.response.body", "body": body})
+            return self.hold_s
+        return 0.0
+
+    def give_back_hold(self) -> None:
+        self.held -= 1
+
+    def refused(self, endpoint: str) -> None:
+        """Count one refusal sent: a counter, the request metric, a summary log line a second."""
         self.shed_total += 1
         if self.sink is not None:
             self.sink.record_request(RequestStats(
@@ -124,3 +113,64 @@ class LoadShedMiddleware:
                 "refused": self.shed_total - self._logged_total, "inflight": self.inflight,
                 "seconds": round(min(now - self._logged_at, 3600.0), 3)})
             self._logged_at, self._logged_total = now, self.shed_total
+
+
+def request_id_of(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The client's X-Request-ID when it is short and plain, else a fresh one."""
+    given = next((v for k, v in headers if k == _RID), b"")
+    return new_request_id(given.decode("latin-1"))
+
+
+class LoadShedMiddleware:
+    """429 (with Retry-After) for inference requests while the engine queue is full or
+    `max_inflight` inference requests are in the app (the app shares its `Shedder` with the
+    HTTP protocol's fast path)."""
+
+    def __init__(self, app: ASGIApp, shedder: Shedder):
+        self.app = app
+        self.shedder = shedder
+
+    @property
+    def inflight(self) -> int:
+        return self.shedder.inflight
+
+    @property
+    def held(self) -> int:
+        return self.shedder.held
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sh = self.shedder
+        refusal = sh.refusal(scope.get("method", ""), scope["path"],
+                             getattr(scope["app"].state, "engine", None))
+        if refusal is not None:
+            await self._refuse(scope, send, *refusal)
+            return
+        if scope.get("method") != "POST" or endpoint_of(scope["path"]) is None:
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})["received_at"] = time.perf_counter()  # deadlines start
+        sh.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            sh.inflight -= 1
+
+    async def _refuse(self, scope: Scope, send: Send, endpoint: str, head: bytes) -> None:
+        sh = self.shedder
+        rid = request_id_of(scope.get("headers") or [])
+        hold = sh.take_hold()
+        if hold > 0:
+            try:
+                await asyncio.sleep(hold)
+            finally:
+                sh.give_back_hold()
+        body = sh.body(head, rid)
+        await send({"type": "http.response.start", "status": 429, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (_RID, rid.encode()), (b"retry-after", sh.retry_after)]})
+        await send({"type": "http.response.body", "body": body})
+        sh.refused(endpoint)

@@ -10,7 +10,7 @@ from typing import Any
 from starlette.types import Message, Receive, Scope, Send
 
 from service.protocol import EngineStatus
-from service.shedding import LoadShedMiddleware
+from service.shedding import LoadShedMiddleware, Shedder
 from service.stats import RequestStats
 
 
@@ -76,7 +76,7 @@ def _json(sent: list[Message]) -> Any:
 
 async def test_over_max_inflight_is_a_429_that_never_reaches_the_app() -> None:
     app, sink, eng = _SlowApp(), _Sink(), _Engine()
-    mw = LoadShedMiddleware(app, queue_limit=100, max_inflight=2, sink=sink)  # type: ignore[arg-type]
+    mw = LoadShedMiddleware(app, Shedder(queue_limit=100, max_inflight=2, sink=sink))  # type: ignore[arg-type]
     running = [asyncio.ensure_future(_call(mw, _scope(eng))) for _ in range(2)]
     await asyncio.sleep(0.01)
     assert mw.inflight == 2 and len(app.seen) == 2
@@ -97,7 +97,7 @@ async def test_over_max_inflight_is_a_429_that_never_reaches_the_app() -> None:
 async def test_a_full_engine_queue_is_a_429_naming_queue_limit() -> None:
     app = _SlowApp()
     app.release.set()
-    mw = LoadShedMiddleware(app, queue_limit=8, max_inflight=None)  # type: ignore[arg-type]
+    mw = LoadShedMiddleware(app, Shedder(queue_limit=8, max_inflight=None))
     refused = await _call(mw, _scope(_Engine(queue_depth=8), path="/v2/models/m/infer"))
     assert _status(refused) == 429 and "queue_limit" in _json(refused)["error"]
     assert len(_json(refused)["request_id"]) == 32  # a fresh id when none was given
@@ -107,7 +107,7 @@ async def test_a_full_engine_queue_is_a_429_naming_queue_limit() -> None:
 async def test_queued_caption_rows_do_not_count_against_the_text_queue_limit() -> None:
     app = _SlowApp()
     app.release.set()
-    mw = LoadShedMiddleware(app, queue_limit=8, max_inflight=None)  # type: ignore[arg-type]
+    mw = LoadShedMiddleware(app, Shedder(queue_limit=8, max_inflight=None))
     captions_queued = _Engine(queue_depth=7 + 30, text_queue_depth=7)  # 30 caption rows
     assert _status(await _call(mw, _scope(captions_queued))) == 200
     full = _Engine(queue_depth=8 + 30, text_queue_depth=8)
@@ -117,7 +117,7 @@ async def test_queued_caption_rows_do_not_count_against_the_text_queue_limit() -
 async def test_other_routes_pass_and_admitted_requests_are_stamped() -> None:
     app = _SlowApp()
     app.release.set()
-    mw = LoadShedMiddleware(app, queue_limit=1, max_inflight=1)  # type: ignore[arg-type]
+    mw = LoadShedMiddleware(app, Shedder(queue_limit=1, max_inflight=1))
     full = _Engine(queue_depth=5)
     assert _status(await _call(mw, _scope(full, path="/readyz", method="GET"))) == 200
     assert _status(await _call(mw, _scope(full, path="/v1/models/x/retuning/reset"))) == 200
@@ -127,8 +127,8 @@ async def test_other_routes_pass_and_admitted_requests_are_stamped() -> None:
 
 async def test_a_refusal_is_held_so_a_client_ignoring_retry_after_cannot_flood() -> None:
     app = _SlowApp()
-    mw = LoadShedMiddleware(app, queue_limit=0, hold_s=0.2,  # type: ignore[arg-type]
-                            max_held=2)  # queue_limit 0: every request is refused
+    # queue_limit 0: every request is refused
+    mw = LoadShedMiddleware(app, Shedder(queue_limit=0, hold_s=0.2, max_held=2))
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     held = [asyncio.ensure_future(_call(mw, _scope(_Engine()))) for _ in range(2)]
