@@ -75,8 +75,8 @@ class GuardedHTTP(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
         hold = self.shedder.take_hold()
         if hold > 0:
             self.loop.call_later(hold, self._send_shed, cycle, data, endpoint, True)
-        else:
-            self._send_shed(cycle, data, endpoint, False)
+        else:  # not inline: finishing starts the next pipelined request, which may be refused
+            self.loop.call_soon(self._send_shed, cycle, data, endpoint, False)
 
     def _send_shed(self, cycle: Any, data: bytes, endpoint: str, held: bool) -> None:
         """Write a refusal and finish its cycle as uvicorn finishes a response (keep-alive,

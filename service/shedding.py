@@ -1,9 +1,16 @@
-"""Early load shedding, the outermost middleware: 429 before anything else is spent on a request.
+"""Early load shedding: 429 before anything else is spent on a request.
+
+`Shedder` decides and counts; two places ask it. Under `eeserve serve`, the HTTP protocol
+(service/serving.py) asks as soon as a request head is parsed and writes the refusal itself, with
+no ASGI task and no middleware (a py-spy profile of the event loop under an open-loop 4x flood
+put 60 % of its time in the ASGI stack, a fifth of it in refusals' `send`). `LoadShedMiddleware`,
+the outermost middleware, asks again for what reaches the app (any ASGI server) and counts the
+inference requests in flight.
 
 Under several times the capacity, what a refusal costs decides the goodput: every millisecond the
 event loop spends refusing is taken from the requests being served, and a loop that cannot keep
 up leaves requests waiting unseen in socket buffers until their deadlines pass. So an inference
-request is refused here, before the request id, the access log, the API key, the router and the
+request is refused before the request id, the access log, the API key, the router and the
 body, when either
 
 - the engine queue holds `queue_limit` rows (its cheap `status()`), or

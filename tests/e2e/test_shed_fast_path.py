@@ -11,7 +11,9 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -45,8 +47,8 @@ class Live:
     middleware_refusals: list[str]
 
 
-@pytest.fixture
-def live(monkeypatch: pytest.MonkeyPatch) -> Iterator[Live]:
+@contextmanager
+def _serving(monkeypatch: pytest.MonkeyPatch, **settings: Any) -> Iterator[Live]:
     refusals: list[str] = []
     original = LoadShedMiddleware._refuse
 
@@ -56,19 +58,26 @@ def live(monkeypatch: pytest.MonkeyPatch) -> Iterator[Live]:
 
     monkeypatch.setattr(LoadShedMiddleware, "_refuse", counted)
     port = free_port()
-    settings = Settings(host="127.0.0.1", port=port, queue_limit=8, shed_hold_ms=200,
-                        log_json=False)
+    config = Settings(host="127.0.0.1", port=port, queue_limit=8, log_json=False, **settings)
     engine = QueueEngine()
-    server = server_for(create_app(settings, engine=engine), settings)
+    server = server_for(create_app(config, engine=engine), config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     end = time.monotonic() + 20
     while not server.started and time.monotonic() < end:
         time.sleep(0.02)
     assert server.started
-    yield Live(f"http://127.0.0.1:{port}", port, engine, server, refusals)
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield Live(f"http://127.0.0.1:{port}", port, engine, server, refusals)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def live(monkeypatch: pytest.MonkeyPatch) -> Iterator[Live]:
+    with _serving(monkeypatch, shed_hold_ms=200) as s:
+        yield s
 
 
 def _post(body: bytes, rid: str = "rid-1") -> bytes:
@@ -144,3 +153,18 @@ def test_a_refused_body_is_dropped_and_the_next_request_is_served(live: Live) ->
         status2, headers2, got2 = r.response()
         assert status2 == 200 and headers2["x-request-id"] == "rid-3", got2
     assert [r.texts for r in live.engine.requests] == [["ok"]]
+
+
+def test_pipelined_refusals_answer_in_order_without_a_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = json.dumps({"inputs": ["a"]}).encode()
+    with _serving(monkeypatch, shed_hold_ms=0) as live, \
+            socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
+        r = Reader(sock)
+        sock.sendall(b"".join(_post(body, f"p{i}") for i in range(300)))  # one write
+        ids = []
+        for _ in range(300):
+            status, headers, _ = r.response()
+            assert status == 429
+            ids.append(headers["x-request-id"])
+        assert ids == [f"p{i}" for i in range(300)]
+        assert live.middleware_refusals == [] and live.engine.requests == []
