@@ -29,9 +29,9 @@ def server_p99_ms(log: Path, span: list[float]) -> float | None:
 
 
 def row(runs: list[dict[str, Any]]) -> list[str]:
-    def med(key: str, scale: float = 1.0) -> str:
+    def med(key: str, scale: float = 1.0, digits: int = 1) -> str:
         vals = [r[key] * scale for r in runs if r.get(key) is not None]
-        return f"{statistics.median(vals):,.1f}" if vals else "–"
+        return f"{statistics.median(vals):,.{digits}f}" if vals else "–"
 
     def med_status(code: str) -> str:
         vals = [r["statuses"].get(code, 0) / r["duration_s"] for r in runs]
@@ -39,8 +39,9 @@ def row(runs: list[dict[str, Any]]) -> list[str]:
 
     return [str(len(runs)), med("capacity_rps"), med("offered_rps"), med_status("200"),
             med("good_rps"), med("good_share_of_capacity", 100.0), med_status("429"),
-            med_status("504"), med("ok_p50_ms"), med("ok_p99_ms"), med("server_p99_ms"),
-            med("k6_dropped_iterations")]
+            med_status("504"), med_status("503"), med("ok_p50_ms"), med("ok_p99_ms"),
+            med("server_p99_ms"), med("k6_dropped_iterations"), med("server_cores", digits=2),
+            med("k6_cores", digits=2)]
 
 
 def main() -> int:
@@ -54,8 +55,9 @@ def main() -> int:
                                                  run["epoch_span"])
         groups[(mode, checkout)].append(run)
     head = ["flood", "code", "rounds", "capacity req/s", "offered req/s", "200/s",
-            "good/s (200 within deadline)", "good % of capacity", "429/s", "504/s",
-            "p50 of 200s ms", "p99 of 200s ms", "server p99 of 200s ms", "k6 dropped"]
+            "good/s (200 within deadline)", "good % of capacity", "429/s", "504/s", "503/s",
+            "p50 of 200s ms", "p99 of 200s ms", "server p99 of 200s ms", "k6 dropped",
+            "server CPU cores", "k6 CPU cores"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for (mode, checkout), runs in sorted(groups.items()):
