@@ -9,22 +9,30 @@ Batching stays in eeserve's engine (one batcher, not two): no `@serve.batch` her
 
 from __future__ import annotations
 
+import os
+
 from fastapi import FastAPI
 from ray import serve
 
 from deploy.ray.metrics import RayStatLogger
 
+MAX_ONGOING = 64  # requests Ray hands one replica at once
+
 
 def build_app() -> FastAPI:
-    """Runs inside each replica: the eeserve app with metrics exported through Ray."""
+    """Runs inside each replica: the eeserve app with metrics exported through Ray. The app's
+    own in-flight bound follows Ray's `max_ongoing_requests` unless set explicitly, so the
+    requests Ray hands a replica are not refused by the app's shedding."""
     from service.app import create_app
     from service.settings import Settings
 
-    return create_app(Settings(), sink=RayStatLogger())
+    own = {} if "EESERVE_MAX_INFLIGHT_REQUESTS" in os.environ else \
+        {"max_inflight_requests": MAX_ONGOING}
+    return create_app(Settings(**own), sink=RayStatLogger())
 
 
-@serve.deployment(name="eeserve", max_ongoing_requests=64, ray_actor_options={"num_cpus": 1},
-                  graceful_shutdown_timeout_s=20)
+@serve.deployment(name="eeserve", max_ongoing_requests=MAX_ONGOING,
+                  ray_actor_options={"num_cpus": 1}, graceful_shutdown_timeout_s=20)
 @serve.ingress(build_app)
 class EeserveDeployment:
     """Hosts the eeserve FastAPI app in one replica; all logic lives in service.app."""

@@ -36,6 +36,8 @@ def test_serve_config_points_at_the_app_and_keeps_one_batcher():
     assert f'name="{dep["name"]}"' in source
     env = app["runtime_env"]["env_vars"]
     assert dep["max_ongoing_requests"] >= int(env["EESERVE_MAX_BATCH_SIZE"])
+    # the app does not refuse (429) what Ray hands the replica
+    assert int(env["EESERVE_MAX_INFLIGHT_REQUESTS"]) >= dep["max_ongoing_requests"]
     assert env["RAY_EXPORT_COUNTER_AS_GAUGE"] == "0"
     assert env["EESERVE_TORCH_THREADS"] == str(dep["ray_actor_options"]["num_cpus"])
     assert Path(env["EESERVE_MODELS"]).is_absolute()
