@@ -125,9 +125,6 @@ class Settings(BaseSettings):
                                "pool, apart from tokenisation)")
     tokenize_threads: int = Field(1, ge=1, le=64, description="threads tokenising texts (their "
                                   "own pool, apart from image decoding)")
-    caption_nice: int = Field(10, ge=0, le=19, description="OS niceness added to the threads "
-                              "that decode images and run caption steps, so classification "
-                              "wins the cores when both want them (0 = same priority)")
     max_caption_tokens: int = Field(32, ge=1)
     request_timeout_ms: float = Field(30_000, gt=0, description="default (and largest) deadline")
 

@@ -52,7 +52,6 @@ class EngineConfig:
     caption_queue_limit: int = 32  # images queued or decoding before Overloaded
     image_threads: int = 1  # image decoding pool
     tokenize_threads: int = 1  # tokenisation pool
-    caption_nice: int = 0  # niceness added to image-decoding and caption threads (Linux)
 
     @classmethod
     def from_settings(cls, s: Settings) -> EngineConfig:
@@ -67,8 +66,7 @@ class EngineConfig:
                    parallel_steps=s.parallel_steps, max_image_pixels=s.max_image_pixels,
                    max_image_aspect=s.max_image_aspect,
                    caption_queue_limit=s.caption_queue_limit, image_threads=s.image_threads,
-                   tokenize_threads=s.tokenize_threads, caption_nice=s.caption_nice,
-                   shadow=ShadowConfig(
+                   tokenize_threads=s.tokenize_threads, shadow=ShadowConfig(
                        rate=s.shadow_rate, model_rates=tuple(sorted(s.shadow_model_rates.items())),
                        max_rows=s.shadow_max_rows, max_age_s=s.shadow_max_age_s,
                        window=s.shadow_window, confidence=s.shadow_confidence,

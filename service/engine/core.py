@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -74,9 +73,7 @@ class InProcessEngine:
         self._caption_thread: threading.Thread | None = None
         self._tokenizers: dict[str, TokenBatcher] = {}  # per text model, event loop only
         # separate bounded pools: images being decoded never hold up tokenisation
-        self._image_pool = ThreadPoolExecutor(cfg.image_threads, "eeserve-images",
-                                              initializer=lower_priority,
-                                              initargs=(cfg.caption_nice,))
+        self._image_pool = ThreadPoolExecutor(cfg.image_threads, "eeserve-images")
         self._token_pool = ThreadPoolExecutor(cfg.tokenize_threads, "eeserve-tokens")
         self._gauges = RowGauges(self.sink)  # queue depth and active rows over both loops
         self.admission = DeadlineAdmission(cfg.max_batch_size)  # event loop only
@@ -217,7 +214,6 @@ class InProcessEngine:
 
     def _caption_worker(self) -> None:
         assert self.captions is not None
-        lower_priority(self.cfg.caption_nice)  # before torch starts its own threads from here
         torch.set_grad_enabled(False)
         with torch.inference_mode():
             self.captions.run_forever()
@@ -465,15 +461,3 @@ def _hashable(v: Any) -> Any:
     if isinstance(v, dict):
         return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
     return v
-
-
-def lower_priority(nice: int) -> None:
-    """Add `nice` to the calling thread's OS niceness (Linux schedules threads one by one;
-    elsewhere, or without the right, nothing changes). Threads it starts inherit it."""
-    if nice <= 0 or not hasattr(os, "setpriority"):
-        return
-    tid = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
-    except OSError:  # pragma: no cover -- not permitted here
-        log.warning("could not lower the priority of caption threads")
