@@ -29,7 +29,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from service.middleware import ShutdownSignal
+from service.middleware import ShutdownSignal, endpoint_of
 from service.settings import Settings
 from service.shedding import Shedder, request_id_of
 
@@ -61,6 +61,8 @@ class GuardedHTTP(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
             if refusal is not None:
                 self._shed(cycle, *refusal)
                 return
+            if scope["method"] == "POST" and endpoint_of(scope["path"]) is not None:
+                sh.admit(scope.setdefault("state", {}))  # in flight from now (the app ends it)
         super()._start_asgi_task(cycle, app)
 
     def _shed(self, cycle: Any, endpoint: str, head: bytes) -> None:

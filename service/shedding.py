@@ -44,6 +44,7 @@ from service.stats import RequestStats, StatsSink
 
 log = logging.getLogger("eeserve.shed")
 _RID = REQUEST_ID_HEADER.encode()
+ADMITTED = "eeserve_admitted"  # scope["state"] key: counted in flight by the HTTP protocol
 
 
 class Shedder:
@@ -92,6 +93,14 @@ class Shedder:
             full = status.caption_queue_depth >= self.caption_queue_limit  # before images parse
             return (endpoint, self._caption_msg) if full else None
         return (endpoint, self._queue_msg) if status.texts_queued >= self.queue_limit else None
+
+    def admit(self, state: dict[str, Any]) -> None:
+        """Let an inference request in: count it in flight (until the middleware sees it out)
+        and start its deadline. Called where the decision is made, so requests let in but not
+        yet running count against `max_inflight` at once."""
+        self.inflight += 1
+        state[ADMITTED] = True
+        state["received_at"] = time.perf_counter()  # deadlines start here
 
     def body(self, head: bytes, rid: str) -> bytes:
         return head + rid.encode() + b'"}'
@@ -150,16 +159,17 @@ class LoadShedMiddleware:
             await self.app(scope, receive, send)
             return
         sh = self.shedder
-        refusal = sh.refusal(scope.get("method", ""), scope["path"],
-                             getattr(scope["app"].state, "engine", None))
-        if refusal is not None:
-            await self._refuse(scope, send, *refusal)
-            return
-        if scope.get("method") != "POST" or endpoint_of(scope["path"]) is None:
-            await self.app(scope, receive, send)
-            return
-        scope.setdefault("state", {})["received_at"] = time.perf_counter()  # deadlines start
-        sh.inflight += 1
+        state = scope.setdefault("state", {})
+        if not state.get(ADMITTED):  # not already let in by the HTTP protocol's fast path
+            refusal = sh.refusal(scope.get("method", ""), scope["path"],
+                                 getattr(scope["app"].state, "engine", None))
+            if refusal is not None:
+                await self._refuse(scope, send, *refusal)
+                return
+            if scope.get("method") != "POST" or endpoint_of(scope["path"]) is None:
+                await self.app(scope, receive, send)
+                return
+            sh.admit(state)
         try:
             await self.app(scope, receive, send)
         finally:

@@ -22,7 +22,7 @@ from service.app import create_app
 from service.protocol import EngineStatus
 from service.serving import GracefulServer, server_for
 from service.settings import Settings
-from service.shedding import LoadShedMiddleware
+from service.shedding import LoadShedMiddleware, Shedder
 from tests.e2e.server import free_port
 from tests.integration.fake_engine import FakeEngine
 
@@ -45,6 +45,7 @@ class Live:
     engine: QueueEngine
     server: GracefulServer
     middleware_refusals: list[str]
+    shedder: Shedder
 
 
 @contextmanager
@@ -60,7 +61,8 @@ def _serving(monkeypatch: pytest.MonkeyPatch, **settings: Any) -> Iterator[Live]
     port = free_port()
     config = Settings(host="127.0.0.1", port=port, queue_limit=8, log_json=False, **settings)
     engine = QueueEngine()
-    server = server_for(create_app(config, engine=engine), config)
+    app = create_app(config, engine=engine)
+    server = server_for(app, config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     end = time.monotonic() + 20
@@ -68,7 +70,7 @@ def _serving(monkeypatch: pytest.MonkeyPatch, **settings: Any) -> Iterator[Live]
         time.sleep(0.02)
     assert server.started
     try:
-        yield Live(f"http://127.0.0.1:{port}", port, engine, server, refusals)
+        yield Live(f"http://127.0.0.1:{port}", port, engine, server, refusals, app.state.shedder)
     finally:
         server.should_exit = True
         thread.join(10)
@@ -168,3 +170,23 @@ def test_pipelined_refusals_answer_in_order_without_a_hold(monkeypatch: pytest.M
             ids.append(headers["x-request-id"])
         assert ids == [f"p{i}" for i in range(300)]
         assert live.middleware_refusals == [] and live.engine.requests == []
+
+
+def test_a_request_let_in_counts_in_flight_before_the_app_runs_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    body = json.dumps({"inputs": ["a"]}).encode()
+    with _serving(monkeypatch, shed_hold_ms=0, max_inflight_requests=1) as live:
+        live.engine.full = False
+        live.engine.delay_s = 0.5
+        with socket.create_connection(("127.0.0.1", live.port), timeout=10) as a, \
+                socket.create_connection(("127.0.0.1", live.port), timeout=10) as b:
+            a.sendall(_post(body, "first"))
+            time.sleep(0.1)
+            assert live.shedder.inflight == 1
+            b.sendall(_post(body, "second"))
+            status_b, _, got_b = Reader(b).response()
+            assert status_b == 429 and "max_inflight_requests" in json.loads(got_b)["error"]
+            status_a, _, _ = Reader(a).response()
+            assert status_a == 200
+        assert live.middleware_refusals == []  # refused by the protocol
+        assert live.shedder.inflight == 0
