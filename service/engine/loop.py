@@ -11,7 +11,9 @@ Every loop has the same lifecycle, so shutdown treats them alike: `reserve` / `r
 room before any work (overload is refused early), `submit` a handle, `close` (no new requests),
 `idle` (nothing queued, reserved or in flight), `drop_everything` (end of the grace period),
 `stop` (the worker returns once idle). Gauges (`eeserve_queue_depth`, `eeserve_active_rows`) are
-published after every round and when the loop comes to rest, so they read 0 when idle.
+published by the worker only: at every schedule, after every round and when the loop comes to
+rest, so they read 0 when idle (publishing from `submit` too, on the event loop, cost 8 % of
+torch-eager throughput: docs/BENCHMARKS.md, engine frame).
 """
 
 from __future__ import annotations
@@ -141,7 +143,6 @@ class EngineLoop(ABC, Generic[H, A]):
             self.pending_rows += h.size
             self._note_arrival(h.arrival)
             self.cond.notify()
-        self._publish()
 
     def _note_arrival(self, t: float) -> None:
         """A request arrived at `t` (lock held)."""
