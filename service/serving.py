@@ -29,7 +29,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from service.middleware import ShutdownSignal, endpoint_of
+from service.middleware import ShutdownSignal
 from service.settings import Settings
 from service.shedding import Shedder, request_id_of
 
@@ -56,13 +56,12 @@ class GuardedHTTP(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
         sh = self.shedder
         if sh is not None:
             scope = cycle.scope
-            refusal = sh.refusal(scope["method"], scope["path"],
-                                 getattr(self.served_state, "engine", None))
+            refusal = sh.decide(scope["method"], scope["path"],
+                                getattr(self.served_state, "engine", None),
+                                scope.setdefault("state", {}))  # let in: in flight from now
             if refusal is not None:
                 self._shed(cycle, *refusal)
                 return
-            if scope["method"] == "POST" and endpoint_of(scope["path"]) is not None:
-                sh.admit(scope.setdefault("state", {}))  # in flight from now (the app ends it)
         super()._start_asgi_task(cycle, app)
 
     def _shed(self, cycle: Any, endpoint: str, head: bytes) -> None:

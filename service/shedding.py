@@ -44,7 +44,7 @@ from service.stats import RequestStats, StatsSink
 
 log = logging.getLogger("eeserve.shed")
 _RID = REQUEST_ID_HEADER.encode()
-ADMITTED = "eeserve_admitted"  # scope["state"] key: counted in flight by the HTTP protocol
+ADMITTED = "eeserve_admitted"  # scope["state"] key: let in and counted in flight
 
 
 class Shedder:
@@ -77,30 +77,35 @@ class Shedder:
         self.shed_total = 0
         self._logged_at, self._logged_total = 0.0, 0
 
-    def refusal(self, method: str, path: str, engine: Any) -> tuple[str, bytes] | None:
-        """(endpoint label, start of the refusal's body) for a request to refuse, else None."""
+    def decide(self, method: str, path: str, engine: Any,
+               state: dict[str, Any]) -> tuple[str, bytes] | None:
+        """(endpoint label, start of the refusal's body) for an inference request to refuse.
+        Otherwise None: an inference request is let in -- counted in flight at once (until
+        the middleware sees it out, so requests let in but not yet running count against
+        `max_inflight`), marked in `state` and its deadline started; others pass untouched."""
         if method != "POST":
             return None
         endpoint = endpoint_of(path)
         if endpoint is None:
             return None
+        head = self._refusal(path, engine)
+        if head is not None:
+            return endpoint, head
+        self.inflight += 1
+        state[ADMITTED] = True
+        state["received_at"] = time.perf_counter()  # deadlines start here
+        return None
+
+    def _refusal(self, path: str, engine: Any) -> bytes | None:
         if self.max_inflight is not None and self.inflight >= self.max_inflight:
-            return endpoint, self._busy_msg
+            return self._busy_msg
         if engine is None:
             return None
         status = engine.status()
         if path == "/v1/caption" and self.caption_queue_limit is not None:
             full = status.caption_queue_depth >= self.caption_queue_limit  # before images parse
-            return (endpoint, self._caption_msg) if full else None
-        return (endpoint, self._queue_msg) if status.texts_queued >= self.queue_limit else None
-
-    def admit(self, state: dict[str, Any]) -> None:
-        """Let an inference request in: count it in flight (until the middleware sees it out)
-        and start its deadline. Called where the decision is made, so requests let in but not
-        yet running count against `max_inflight` at once."""
-        self.inflight += 1
-        state[ADMITTED] = True
-        state["received_at"] = time.perf_counter()  # deadlines start here
+            return self._caption_msg if full else None
+        return self._queue_msg if status.texts_queued >= self.queue_limit else None
 
     def body(self, head: bytes, rid: str) -> bytes:
         return head + rid.encode() + b'"}'
@@ -161,15 +166,14 @@ class LoadShedMiddleware:
         sh = self.shedder
         state = scope.setdefault("state", {})
         if not state.get(ADMITTED):  # not already let in by the HTTP protocol's fast path
-            refusal = sh.refusal(scope.get("method", ""), scope["path"],
-                                 getattr(scope["app"].state, "engine", None))
+            refusal = sh.decide(scope.get("method", ""), scope["path"],
+                                getattr(scope["app"].state, "engine", None), state)
             if refusal is not None:
                 await self._refuse(scope, send, *refusal)
                 return
-            if scope.get("method") != "POST" or endpoint_of(scope["path"]) is None:
+            if not state.get(ADMITTED):  # not an inference request
                 await self.app(scope, receive, send)
                 return
-            sh.admit(state)
         try:
             await self.app(scope, receive, send)
         finally:
