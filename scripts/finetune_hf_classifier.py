@@ -33,15 +33,7 @@ from transformers import (  # noqa: E402
 
 from models.build.backbones import resolve_backbone  # noqa: E402
 from models.build.data import TextDataset, TextSplit, load_data  # noqa: E402
-
-
-def batches(split: TextSplit, size: int, rng: random.Random | None) -> list[list[int]]:
-    """Index batches of similar text lengths (less padding); shuffled when `rng` is given."""
-    order = sorted(range(len(split)), key=lambda i: len(split.texts[i]))
-    chunks = [order[i:i + size] for i in range(0, len(order), size)]
-    if rng is not None:
-        rng.shuffle(chunks)
-    return chunks
+from models.build.training import _batches as batches  # noqa: E402  (length-sorted batches)
 
 
 @torch.no_grad()
