@@ -49,12 +49,17 @@ class BeemState(PolicyState):
     score: torch.Tensor  # (B,) float64: S of the current agreeing streak
 
 
-def cost_weights(cumulative_costs: Sequence[float]) -> list[float]:
-    """BEEM-C: w_k proportional to the cost of reaching exit k, scaled so that w_K = 1."""
+def cost_weights(cumulative_costs: Sequence[float], power: float = 1.0) -> list[float]:
+    """BEEM-C: w_k proportional to the cost of reaching exit k, scaled so that w_K = 1.
+
+    `power` > 1 sharpens the weighting to (cumcost_k / cumcost_K)**power: the streak's earlier,
+    weaker exits count less against the current one (1 is the paper's; as it grows, the
+    normalised score S_k / W_k tends to the current exit's confidence, i.e. max-prob)."""
     last = float(cumulative_costs[-1])
     if last <= 0:
         raise PolicyError(f"beem: cumulative cost of the last exit must be > 0, got {last}")
-    return [float(c) / last for c in cumulative_costs]
+    check_number("beem: power", power, 0.0, 64.0)
+    return [(float(c) / last) ** power for c in cumulative_costs]
 
 
 def accuracy_weights(accuracies: Sequence[float], normalise: bool = True) -> list[float]:

@@ -9,6 +9,10 @@ On a split's cached exit logits (no fitting on that split), per exit k < K:
 and, per score family, the best layer speed-up of one global threshold at <= tolerance loss on
 that split (hindsight: what the ranking allows, before any calibration margin).
 
+Sharpness (`--powers`): BEEM-C with weights (cumcost_k / cumcost_K)**g and the normalised alpha,
+per power g: the AUCs, the hindsight best, and the guarded fit on validation
+(`policies.fit.beem_fit.fit_normalised`, the calibration's candidate) replayed on the split.
+
     python scripts/beem_diagnostics.py artifacts/text-default --split test \\
         --json docs/figures/beem_diagnostics_test.json
 """
@@ -28,9 +32,20 @@ import torch  # noqa: E402
 from models.artifact import read_manifest  # noqa: E402
 from policies.base import probabilities  # noqa: E402
 from policies.beem import accuracy_weights, cost_weights  # noqa: E402
-from policies.fit.beem_fit import beem_trace, exit_accuracies, streak_scale  # noqa: E402
-from policies.fit.calibration import Split, load_split  # noqa: E402
-from policies.fit.sweep import candidate_thresholds, sweep_global  # noqa: E402
+from policies.fit.beem_fit import (  # noqa: E402
+    beem_trace,
+    exit_accuracies,
+    fit_normalised,
+    streak_scale,
+)
+from policies.fit.calibration import CalibrationConfig, Split, load_split  # noqa: E402
+from policies.fit.sweep import (  # noqa: E402
+    candidate_thresholds,
+    exits_for,
+    operating_point,
+    result_for,
+    sweep_global,
+)
 
 
 def auc(score: torch.Tensor, positive: torch.Tensor) -> float:
@@ -77,6 +92,30 @@ def best_speedup(s: torch.Tensor, pred: torch.Tensor, data: Split,
             "loss_pt": round(100 * best.point.loss, 3)}
 
 
+def sharpness(data: Split, val: Split, powers: list[float], safe: torch.Tensor,
+              tolerance: float) -> list[dict[str, Any]]:
+    """Per power g: AUCs and hindsight of S_k / W_k on `data`, and the guarded validation fit
+    of the normalised alpha replayed on `data`."""
+    cfg = CalibrationConfig(tolerance=tolerance).beem()
+    rows = []
+    for g in powers:
+        w = cost_weights(val.costs.cumulative, g)
+        tr = beem_trace(data.logits, w, "weighted")
+        norm = tr.scores / torch.tensor(streak_scale(w), dtype=torch.float64)  # (N, K)
+        fit = fit_normalised(val.logits, val.labels, val.costs, w, "cost", cfg, g)
+        res = result_for(exits_for(tr.scores, fit.thresholds), tr.predictions, data.labels,
+                         data.costs)
+        held = operating_point(res, cfg.confidence)
+        rows.append({"power": g,
+                     "auc": [round(auc(norm[:, j], safe[:, j]), 4)
+                             for j in range(data.num_exits - 1)],
+                     "hindsight": best_speedup(norm, tr.predictions, data, tolerance),
+                     "val_fit_layer_x": round(fit.point.layer_speedup, 4),
+                     "layer_x": round(held.layer_speedup, 4),
+                     "loss_pt": round(100 * held.loss, 3)})
+    return rows
+
+
 def streaks(data: Split) -> list[dict[str, float]]:
     pred = probabilities(data.logits).argmax(dim=-1)  # (N, K)
     right = pred == data.labels.unsqueeze(1)  # (N, K)
@@ -95,6 +134,8 @@ def main() -> int:
     ap.add_argument("artifact", type=Path)
     ap.add_argument("--split", default="test", choices=["val", "test"])
     ap.add_argument("--tolerance", type=float, default=0.005)
+    ap.add_argument("--powers", type=float, nargs="*", default=[1, 2, 4, 8, 16],
+                    help="BEEM-C weight powers for the sharpness table")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -107,8 +148,10 @@ def main() -> int:
     aucs = {name: [round(auc(s[:, j], safe[:, j]), 4) for j in range(data.num_exits - 1)]
             for name, (s, _) in fams.items()}
     best = {name: best_speedup(s, p, data, args.tolerance) for name, (s, p) in fams.items()}
+    sharp = sharpness(data, val, args.powers, safe, args.tolerance)
     out = {"artifact": str(args.artifact), "split": args.split, "tolerance": args.tolerance,
-           "streaks": streaks(data), "auc_same_as_last": aucs, "best_global": best}
+           "streaks": streaks(data), "auc_same_as_last": aucs, "best_global": best,
+           "sharpness": sharp}
     print("exit  agree  acc|agree  acc|break")
     for r in out["streaks"]:
         print(f"{r['exit']:>4}  {r['agree']:.3f}  {r['acc_agree']:.3f}      {r['acc_break']:.3f}")
@@ -117,6 +160,13 @@ def main() -> int:
         b = best[name]
         print(f"{name:<28} {' '.join(f'{a:.3f}' for a in aucs[name]):<40} {b['layer_x']:.2f} "
               f"({b['loss_pt']:+.2f} pt)")
+    print(f"BEEM-C weights cost^g, normalised alpha: AUC exits 1..K-1 | hindsight | "
+          f"guarded val fit -> {args.split}")
+    for r in sharp:
+        h = r["hindsight"]
+        print(f"g={r['power']:<5g} {' '.join(f'{a:.3f}' for a in r['auc'])} | "
+              f"{h['layer_x']:.2f} | {r['val_fit_layer_x']:.2f}x -> {r['layer_x']:.2f}x "
+              f"({r['loss_pt']:+.2f} pt)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1))

@@ -99,6 +99,7 @@ class BeemFit:
     point: OperatingPoint
     alpha: float | None = None  # the global alpha (method "global")
     exits: list[ExitThreshold] = field(default_factory=list)  # per-exit records
+    power: float = 1.0  # BEEM-C weights (cumcost_k / cumcost_K)**power (1: the paper's)
 
     def params(self) -> dict[str, Any]:
         return {"weighting": self.weighting, "weights": self.weights, "reset": self.reset,
@@ -283,8 +284,10 @@ def streak_scale(weights: list[float]) -> list[float]:
 
 
 def fit_normalised(logits: torch.Tensor, labels: torch.Tensor, costs: ExitCosts,
-                   weights: list[float], weighting: str, cfg: BeemFitConfig) -> BeemFit:
-    """alpha_k = alpha * W_k with one alpha: the fastest whose guarded loss <= tolerance."""
+                   weights: list[float], weighting: str, cfg: BeemFitConfig,
+                   power: float = 1.0) -> BeemFit:
+    """alpha_k = alpha * W_k with one alpha: the fastest whose guarded loss <= tolerance
+    (`power` only labels the fit: the weights already carry it)."""
     _check(logits, labels, weights)
     cfg.validate()
     tr = beem_trace(logits, weights, cfg.reset)
@@ -299,7 +302,7 @@ def fit_normalised(logits: torch.Tensor, labels: torch.Tensor, costs: ExitCosts,
     if best.value is not None:
         thresholds = [best.value * float(w) for w in scale[:-1]] + [None]
     return BeemFit(weighting, weights, cfg.reset, thresholds, "normalised", best.point,
-                   alpha=None if best.value is None else float(best.value))
+                   alpha=None if best.value is None else float(best.value), power=power)
 
 
 def exit_accuracies(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:

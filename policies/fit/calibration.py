@@ -224,6 +224,8 @@ def _beem_record(fit: BeemFit) -> dict[str, Any]:
                            "val_loss_upper": round(fit.point.loss_upper, 6)}
     if fit.alpha is not None:
         rec["alpha"] = fit.alpha
+    if fit.power != 1.0:
+        rec["power"] = fit.power
     if fit.exits:
         rec["per_exit"] = [{"exit": e.exit, "in_flight": e.in_flight, "support": e.support,
                             "errors": e.errors, "lost": e.lost, "gained": e.gained}
@@ -231,11 +233,16 @@ def _beem_record(fit: BeemFit) -> dict[str, Any]:
     return rec
 
 
+# sharper BEEM-C weightings tried with the normalised alpha (docs/BENCHMARKS.md, issue 15: on the
+# MiniLM builds every step from 1 towards 16 raised the guarded validation speed-up)
+BEEM_POWERS = (2.0, 4.0, 8.0, 16.0)
+
+
 def fit_beem(data: Split, cfg: CalibrationConfig) -> PolicyCalibration:
     """Both weightings x (guarded per-exit thresholds, each exit's rows alone or pooled with the
-    rows that left earlier; guarded global alpha; guarded alpha normalised by the streak scale);
-    keep the fastest on validation. The best fit
-    of each weighting is stored as its variant so a request can pick a weighting."""
+    rows that left earlier; guarded global alpha; guarded alpha normalised by the streak scale,
+    for BEEM-C also with the sharper weights of `BEEM_POWERS`); keep the fastest on validation.
+    The best fit of each weighting is stored as its variant so a request can pick a weighting."""
     if cfg.beem_target_speedup is not None:
         return fit_beem_for_speedup(data, cfg, cfg.beem_target_speedup)
     bcfg = cfg.beem()
@@ -256,6 +263,10 @@ def fit_beem(data: Split, cfg: CalibrationConfig) -> PolicyCalibration:
         cands.append(fit_global(data.logits, data.labels, data.costs, weights, weighting, bcfg))
         cands.append(fit_normalised(data.logits, data.labels, data.costs, weights, weighting,
                                     bcfg))
+        if weighting == "cost":
+            cands += [fit_normalised(data.logits, data.labels, data.costs,
+                                     cost_weights(data.costs.cumulative, g), weighting, bcfg, g)
+                      for g in BEEM_POWERS]
         tried += [{"weighting": weighting, **_beem_record(f)} for f in cands]
         fits[weighting] = best_fit(cands, cfg.tolerance)
     chosen = best_fit(list(fits.values()), cfg.tolerance)
@@ -277,11 +288,13 @@ def fit_beem_for_speedup(data: Split, cfg: CalibrationConfig,
 def _beem_calibration(chosen: BeemFit, fits: dict[str, BeemFit], cfg: CalibrationConfig,
                       tried: list[dict[str, Any]], **extra: Any) -> PolicyCalibration:
     label = "BEEM-A" if chosen.weighting == "accuracy" else "BEEM-C"
+    if chosen.power != 1.0:
+        label += f", weights cost^{chosen.power:g}"
     floor = "chosen by cross-fitting" if cfg.min_support is None else cfg.min_support
     fit = _guard_fit(cfg, f"{chosen.method} thresholds, {label}", min_support=floor,
                      reference=cfg.reference, candidates=tried, **extra)
-    variants = {w: {"weights": f.weights, "thresholds": f.thresholds, "method": f.method}
-                for w, f in fits.items()}
+    variants = {w: {"weights": f.weights, "thresholds": f.thresholds, "method": f.method,
+                    "power": f.power} for w, f in fits.items()}
     return PolicyCalibration("beem", chosen.params(), chosen.point, fit, variants)
 
 

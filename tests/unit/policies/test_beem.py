@@ -64,6 +64,9 @@ def test_cost_weights_are_cumulative_cost_over_full_cost() -> None:
     assert cost_weights([2.0, 3.0, 8.0]) == pytest.approx([0.25, 0.375, 1.0])
     with pytest.raises(PolicyError, match="must be > 0"):
         cost_weights([0.0, 0.0])
+    assert cost_weights([1, 2, 4], power=2) == pytest.approx([1 / 16, 1 / 4, 1.0])
+    with pytest.raises(PolicyError, match="power"):
+        cost_weights([1, 2], power=-1)
 
 
 def test_accuracy_weights_keep_the_cost_weight_sum() -> None:

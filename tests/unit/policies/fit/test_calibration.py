@@ -12,8 +12,11 @@ import torch
 
 from models.artifact import read_manifest
 from policies import PolicyError, build_policy
+from policies.beem import cost_weights
 from policies.costs import custom_costs
+from policies.fit.beem_fit import fit_normalised
 from policies.fit.calibration import (
+    BEEM_POWERS,
     CalibrationConfig,
     PolicyCalibration,
     Split,
@@ -65,7 +68,10 @@ def test_beem_exits_early_and_keeps_its_promise_on_held_out(
     variants = beem.variants
     assert beem.point.layer_speedup > 1.1
     assert variants is not None and set(variants) == {"cost", "accuracy"}
-    assert beem.fit["tolerance"] == 0.005 and len(beem.fit["candidates"]) == 8
+    assert beem.fit["tolerance"] == 0.005
+    assert len(beem.fit["candidates"]) == 8 + len(BEEM_POWERS)
+    powers = [c.get("power", 1.0) for c in beem.fit["candidates"] if c["method"] == "normalised"]
+    assert powers == [1.0, *BEEM_POWERS, 1.0]  # BEEM-C: paper weights, then sharper; BEEM-A
     res = replay(build_policy("beem", 6, {}, beem.to_manifest()), *test_logits, costs=COSTS)
     assert res.accuracy_loss() <= 0.005
     for weighting in ("cost", "accuracy"):
@@ -77,8 +83,23 @@ def test_beem_c_weights_come_from_the_measured_costs(
         fitted: dict[str, PolicyCalibration]) -> None:
     variants = fitted["beem"].variants
     assert variants is not None
-    cost = variants["cost"]["weights"]
-    assert cost == pytest.approx([c / 6.2 for c in (1.2, 2.2, 3.2, 4.2, 5.2, 6.2)])
+    cost, power = variants["cost"]["weights"], variants["cost"]["power"]
+    assert power == 1.0 or power in BEEM_POWERS
+    assert cost == pytest.approx([(c / 6.2) ** power for c in (1.2, 2.2, 3.2, 4.2, 5.2, 6.2)])
+
+
+def test_sharper_beem_c_candidates_are_served_as_fitted(val_logits: Logits) -> None:
+    """Every power candidate is a plain weights + thresholds BEEM: the served policy replays
+    the fitted validation point, and its guard holds."""
+    data = Split(*val_logits, COSTS)
+    for g in BEEM_POWERS:
+        w = cost_weights(COSTS.cumulative, g)
+        fit = fit_normalised(data.logits, data.labels, COSTS, w, "cost",
+                             CalibrationConfig().beem(), g)
+        assert fit.power == g and fit.point.loss_upper <= 0.005 + 1e-12
+        res = replay(build_policy("beem", 6, {}, {"params": fit.params()}), *val_logits,
+                     costs=COSTS)
+        assert res.layer_speedup() == pytest.approx(fit.point.layer_speedup)
 
 
 def test_beem_global_alpha_for_a_target_speedup(val_logits: Logits) -> None:
