@@ -218,6 +218,8 @@ def _config(opts: BuildOptions) -> HeadTrainConfig:
                          "set the exit heads' rate with --head-lr")
     if opts.epochs is not None:
         o["epochs"] = opts.epochs
+    if opts.seed is not None:
+        o["seed"] = opts.seed
     known = set(asdict(HeadTrainConfig()))
     bad = sorted(set(o) - known)
     if bad:

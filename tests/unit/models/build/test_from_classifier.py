@@ -108,3 +108,11 @@ def test_refuses_a_model_that_is_not_a_sequence_classifier(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="is not a sequence classifier"):
         build("from-classifier", BuildOptions(out=tmp_path / "o", source=str(d),
                                               data_file="x.csv"))
+
+
+def test_the_seed_option_reaches_the_head_training(tmp_path: Path) -> None:
+    """`eeserve train --from-classifier DIR --seed N` trains the exit heads from seed N."""
+    from models.build.from_classifier import _config
+
+    assert _config(BuildOptions(out=tmp_path, seed=7)).seed == 7
+    assert _config(BuildOptions(out=tmp_path)).seed == 42
