@@ -298,11 +298,12 @@ def fit_normalised(logits: torch.Tensor, labels: torch.Tensor, costs: ExitCosts,
     best = fastest_within(points, cfg.tolerance)
     assert best is not None  # alpha = None (full depth) has zero loss
     k = logits.shape[1]
+    alpha = settle(best.value, norm[:, :-1])  # same decisions, away from fitted rows
     thresholds: list[float | None] = [None] * k
-    if best.value is not None:
-        thresholds = [best.value * float(w) for w in scale[:-1]] + [None]
+    if alpha is not None:
+        thresholds = [alpha * float(w) for w in scale[:-1]] + [None]
     return BeemFit(weighting, weights, cfg.reset, thresholds, "normalised", best.point,
-                   alpha=None if best.value is None else float(best.value), power=power)
+                   alpha=alpha, power=power)
 
 
 def exit_accuracies(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
