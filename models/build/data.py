@@ -134,9 +134,12 @@ def read_vader(path: Path) -> tuple[list[str], list[int]]:
 
 def stratified_split(
     texts: Sequence[str], labels: Sequence[int], seed: int = SPLIT_SEED,
-    fractions: tuple[float, float] = (0.8, 0.1),
+    fractions: tuple[float, float] = (0.8, 0.1), val_fraction: float | None = None,
 ) -> tuple[TextSplit, TextSplit, TextSplit]:
-    """Split 80/10/10 per class with a fixed seed, so each split keeps the class balance."""
+    """Split 80/10/10 per class with a fixed seed, so each split keeps the class balance.
+
+    `val_fraction` moves the train/validation boundary only: validation grows (or shrinks) at the
+    expense of training, and the test rows stay exactly those of `fractions`."""
     rng = random.Random(seed)
     parts: tuple[TextSplit, TextSplit, TextSplit] = (TextSplit([], []), TextSplit([], []),
                                                      TextSplit([], []))
@@ -145,6 +148,12 @@ def stratified_split(
         rng.shuffle(idx)
         n_tr = round(fractions[0] * len(idx))
         n_va = round(fractions[1] * len(idx))
+        if val_fraction is not None:
+            held = round(val_fraction * len(idx))
+            n_tr, n_va = n_tr + n_va - held, held
+            if n_tr < 1 or n_va < 1:
+                raise DataError(f"val_fraction={val_fraction} leaves no training or validation "
+                                f"rows of class {c}")
         for part, chunk in zip(parts, (idx[:n_tr], idx[n_tr:n_tr + n_va], idx[n_tr + n_va:]),
                                strict=True):
             part.texts.extend(texts[i] for i in chunk)
@@ -157,10 +166,12 @@ def stratified_split(
     return parts
 
 
-def load_movie_reviews() -> TextDataset:
+def load_movie_reviews(val_fraction: float | None = None) -> TextDataset:
+    """The VADER movie-review sentences, 80/10/10; `val_fraction` (e.g. 0.2) takes a larger
+    validation split out of training, with the same test rows."""
     path = fetch_vader_movie_reviews()
     texts, labels = read_vader(path)
-    train, val, test = stratified_split(texts, labels)
+    train, val, test = stratified_split(texts, labels, val_fraction=val_fraction)
     return TextDataset("vader-movie-reviews", ["negative", "positive"], train, val, test,
                        source={"package": "vaderSentiment==3.3.2", "file": VADER_FILE,
                                "sdist_sha256": VADER_SHA256})

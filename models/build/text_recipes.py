@@ -151,7 +151,8 @@ TEXT_DEFAULT_TRAIN = TrainConfig(distill=0.0, depth_power=0.0)
 
 def text_default(opts: BuildOptions) -> dict[str, Any]:
     """MiniLM-L6 (6 exits) fine-tuned on the movie-review sentences."""
-    data = _data(opts, load_movie_reviews)
+    share = with_overrides(TEXT_DEFAULT_TRAIN, opts.overrides).val_fraction
+    data = _data(opts, lambda: load_movie_reviews(share))
     bdir = fetch_backbone(MINILM_L6)
     tok = AutoTokenizer.from_pretrained(str(bdir))
     cfg = train_config(opts, TEXT_DEFAULT_TRAIN)

@@ -34,6 +34,21 @@ def test_stratified_split_is_deterministic_and_balanced() -> None:
     assert not set(a[0].texts) & set(a[2].texts)
 
 
+def test_a_larger_validation_split_comes_out_of_training_and_keeps_the_test_rows() -> None:
+    texts = [f"t{i}" for i in range(1003)]
+    labels = [int(i % 3 == 0) for i in range(1003)]
+    base = stratified_split(texts, labels, seed=3)
+    same = stratified_split(texts, labels, seed=3, val_fraction=0.1)
+    assert [p.texts for p in same] == [p.texts for p in base]  # 0.1 is the default split
+    tr, va, te = stratified_split(texts, labels, seed=3, val_fraction=0.2)
+    assert sorted(te.texts) == sorted(base[2].texts)
+    assert set(base[1].texts) < set(va.texts) and len(va) == 201
+    assert len(tr) + len(va) == len(base[0]) + len(base[1])
+    assert not set(tr.texts) & set(va.texts)
+    with pytest.raises(DataError, match="val_fraction=0.95 leaves no training"):
+        stratified_split(texts, labels, seed=3, val_fraction=0.95)
+
+
 def test_user_csv_and_jsonl(tmp_path: Path) -> None:
     rows = [{"text": f"t {i}", "label": ["pos", "neg", "mid"][i % 3]} for i in range(60)]
     j = tmp_path / "d.jsonl"
