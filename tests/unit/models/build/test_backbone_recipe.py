@@ -90,3 +90,15 @@ def test_mpnet_artifact_with_the_old_unused_pooler_still_loads(tmp_path: Path,
     state["backbone.pooler.dense.weight"] = torch.zeros(32, 32)  # as saved before this change
     save_file(state, str(out / "model.safetensors"))
     assert load_text_artifact(out, verify=False).model.num_exits == 2
+
+
+def test_val_fraction_is_refused_where_it_cannot_apply(tmp_path: Path, data_file: Path) -> None:
+    """`--set val_fraction=F` resizes the movie reviews' validation split; a user's --data file
+    and the generated tiny data keep their own split, and say so instead of ignoring it."""
+    enc = str(save_encoder("bert", tmp_path / "e"))
+    with pytest.raises(ValueError, match="--data FILE keeps its own split"):
+        build("backbone", BuildOptions(out=tmp_path / "a", backbone=enc, data_file=str(data_file),
+                                       progress=False, overrides={"val_fraction": 0.2}))
+    with pytest.raises(ValueError, match="movie reviews only, not to tiny-sentiment"):
+        build("tiny-text", BuildOptions(out=tmp_path / "b", progress=False,
+                                        overrides={"val_fraction": 0.2}))
