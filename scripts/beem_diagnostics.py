@@ -102,7 +102,7 @@ def sharpness(data: Split, val: Split, powers: list[float], safe: torch.Tensor,
         w = cost_weights(val.costs.cumulative, g)
         tr = beem_trace(data.logits, w, "weighted")
         norm = tr.scores / torch.tensor(streak_scale(w), dtype=torch.float64)  # (N, K)
-        fit = fit_normalised(val.logits, val.labels, val.costs, w, "cost", cfg, g)
+        fit = fit_normalised(val.logits, val.labels, val.costs, w, "cost", cfg)
         res = result_for(exits_for(tr.scores, fit.thresholds), tr.predictions, data.labels,
                          data.costs)
         held = operating_point(res, cfg.confidence)

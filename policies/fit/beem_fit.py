@@ -284,10 +284,8 @@ def streak_scale(weights: list[float]) -> list[float]:
 
 
 def fit_normalised(logits: torch.Tensor, labels: torch.Tensor, costs: ExitCosts,
-                   weights: list[float], weighting: str, cfg: BeemFitConfig,
-                   power: float = 1.0) -> BeemFit:
-    """alpha_k = alpha * W_k with one alpha: the fastest whose guarded loss <= tolerance
-    (`power` only labels the fit: the weights already carry it)."""
+                   weights: list[float], weighting: str, cfg: BeemFitConfig) -> BeemFit:
+    """alpha_k = alpha * W_k with one alpha: the fastest whose guarded loss <= tolerance."""
     _check(logits, labels, weights)
     cfg.validate()
     tr = beem_trace(logits, weights, cfg.reset)
@@ -303,7 +301,7 @@ def fit_normalised(logits: torch.Tensor, labels: torch.Tensor, costs: ExitCosts,
     if alpha is not None:
         thresholds = [alpha * float(w) for w in scale[:-1]] + [None]
     return BeemFit(weighting, weights, cfg.reset, thresholds, "normalised", best.point,
-                   alpha=alpha, power=power)
+                   alpha=alpha)
 
 
 def exit_accuracies(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:

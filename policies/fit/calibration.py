@@ -238,6 +238,13 @@ def _beem_record(fit: BeemFit) -> dict[str, Any]:
 BEEM_POWERS = (2.0, 4.0, 8.0, 16.0)
 
 
+def fit_sharpened(data: Split, power: float, cfg: BeemFitConfig) -> BeemFit:
+    """The normalised-alpha fit of BEEM-C with weights (cumcost_k / cumcost_K)**power."""
+    weights = cost_weights(data.costs.cumulative, power)
+    fit = fit_normalised(data.logits, data.labels, data.costs, weights, "cost", cfg)
+    return replace(fit, power=power)
+
+
 def fit_beem(data: Split, cfg: CalibrationConfig) -> PolicyCalibration:
     """Both weightings x (guarded per-exit thresholds, each exit's rows alone or pooled with the
     rows that left earlier; guarded global alpha; guarded alpha normalised by the streak scale,
@@ -264,9 +271,7 @@ def fit_beem(data: Split, cfg: CalibrationConfig) -> PolicyCalibration:
         cands.append(fit_normalised(data.logits, data.labels, data.costs, weights, weighting,
                                     bcfg))
         if weighting == "cost":
-            cands += [fit_normalised(data.logits, data.labels, data.costs,
-                                     cost_weights(data.costs.cumulative, g), weighting, bcfg, g)
-                      for g in BEEM_POWERS]
+            cands += [fit_sharpened(data, g, bcfg) for g in BEEM_POWERS]
         tried += [{"weighting": weighting, **_beem_record(f)} for f in cands]
         fits[weighting] = best_fit(cands, cfg.tolerance)
     chosen = best_fit(list(fits.values()), cfg.tolerance)

@@ -14,7 +14,6 @@ from models.artifact import read_manifest
 from policies import PolicyError, build_policy
 from policies.beem import cost_weights
 from policies.costs import custom_costs
-from policies.fit.beem_fit import fit_normalised
 from policies.fit.calibration import (
     BEEM_POWERS,
     CalibrationConfig,
@@ -23,6 +22,7 @@ from policies.fit.calibration import (
     calibrate,
     calibrate_artifact,
     choose_default,
+    fit_sharpened,
 )
 from policies.fit.eenet_fit import EENetFitConfig
 from policies.fit.sweep import operating_point
@@ -93,9 +93,8 @@ def test_sharper_beem_c_candidates_are_served_as_fitted(val_logits: Logits) -> N
     the fitted validation point, and its guard holds."""
     data = Split(*val_logits, COSTS)
     for g in BEEM_POWERS:
-        w = cost_weights(COSTS.cumulative, g)
-        fit = fit_normalised(data.logits, data.labels, COSTS, w, "cost",
-                             CalibrationConfig().beem(), g)
+        fit = fit_sharpened(data, g, CalibrationConfig().beem())
+        assert fit.weights == pytest.approx(cost_weights(COSTS.cumulative, g))
         assert fit.power == g and fit.point.loss_upper <= 0.005 + 1e-12
         res = replay(build_policy("beem", 6, {}, {"params": fit.params()}), *val_logits,
                      costs=COSTS)
