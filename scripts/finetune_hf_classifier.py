@@ -33,7 +33,7 @@ from transformers import (  # noqa: E402
 
 from models.build.backbones import resolve_backbone  # noqa: E402
 from models.build.data import TextDataset, TextSplit, load_data  # noqa: E402
-from models.build.training import _batches as batches  # noqa: E402  (length-sorted batches)
+from models.build.training import length_batches as batches  # noqa: E402
 
 
 @torch.no_grad()

@@ -32,7 +32,7 @@ from transformers import AutoConfig, AutoTokenizer, MPNetConfig  # noqa: E402
 
 from models.build.backbones import fetch_backbone  # noqa: E402
 from models.build.data import load_movie_reviews  # noqa: E402
-from models.build.training import _batches, _tensors, depth_weighted_loss  # noqa: E402
+from models.build.training import _tensors, depth_weighted_loss, length_batches  # noqa: E402
 from models.text_classifier import MultiExitTextClassifier, TextClassifierConfig  # noqa: E402
 
 MPNET_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -62,7 +62,7 @@ def main() -> int:
     data = load_movie_reviews()
     nets = models(tok)
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-5) for k, m in nets.items()}
-    batches = _batches(data.train, 32, random.Random(0))
+    batches = length_batches(data.train, 32, random.Random(0))
     times: dict[str, list[float]] = {k: [] for k in nets}
     tokens: list[int] = []
     for i in range(args.steps + 1):  # the first step of each is warm-up

@@ -125,7 +125,7 @@ def depth_weighted_loss(logits: torch.Tensor, labels: torch.Tensor, distill: flo
     return loss
 
 
-def _batches(split: TextSplit, size: int, rng: random.Random | None) -> list[list[int]]:
+def length_batches(split: TextSplit, size: int, rng: random.Random | None) -> list[list[int]]:
     """Index batches of similar lengths (less padding); shuffled when `rng` is given."""
     order = sorted(range(len(split)), key=lambda i: len(split.texts[i]))
     chunks = [order[i:i + size] for i in range(0, len(order), size)]
@@ -149,7 +149,7 @@ def exit_logits(model: MultiExitTextClassifier, split: TextSplit, max_length: in
     was_training = model.training
     model.eval()
     out = torch.empty(len(split), model.num_exits, model.config.num_labels)
-    for idx in _batches(split, batch_size, None):
+    for idx in length_batches(split, batch_size, None):
         ids, mask, _ = _tensors(model, split, idx, max_length, model.device)
         out[idx] = model(ids, mask).float().cpu()  # (b, K, C)
     model.train(was_training)
@@ -194,7 +194,7 @@ def _train(model: MultiExitTextClassifier, data: TextDataset, cfg: TrainConfig,
     model.train()
     stop = False
     for _epoch in range(cfg.epochs):
-        for idx in _batches(data.train, cfg.batch_size, rng):
+        for idx in length_batches(data.train, cfg.batch_size, rng):
             ids, mask, y = _tensors(model, data.train, idx, cfg.max_length, device)
             loss = depth_weighted_loss(model(ids, mask), y, cfg.distill, cfg.temperature,
                                        cfg.depth_power)
