@@ -24,19 +24,33 @@ ARG EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
-SHELL ["/bin/sh", "-eu", "-c"]
+SHELL ["/bin/bash", "-euo", "pipefail", "-c"]
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# torch first, from the PyTorch index of the chosen variant: the exact pin keeps pip from
-# replacing it with PyPI's default (CUDA) build when the project is installed next.
-RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" torch==2.13.0
+COPY requirements.lock requirements-dev.lock ./
+# torch first, from the PyTorch index of the chosen variant (the exact pin keeps pip from
+# replacing it with PyPI's default CUDA build); then every other package at the exact version
+# and sha256 of requirements.lock (`make lock`), the lock's own torch entry left out because its
+# hash is the CPU wheel's; then the project itself, without resolving anything.
+RUN pip install --no-cache-dir pip==26.3 && \
+    pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" torch==2.13.0 && \
+    awk '/^torch==/ {skip = 1; next} skip && /^ / {next} {skip = 0; print}' requirements.lock \
+        > /tmp/requirements.notorch && \
+    pip install --no-cache-dir --require-hashes -r /tmp/requirements.notorch
 COPY pyproject.toml README.md ./
 COPY models ./models
 COPY policies ./policies
 COPY service ./service
 COPY tools ./tools
-RUN pip install --no-cache-dir "/src${EXTRAS:+[${EXTRAS}]}" && \
+# extras (e.g. ray) take the dev lock's versions as constraints
+RUN pip install --no-cache-dir --no-deps --no-build-isolation /src && \
+    if [ -n "${EXTRAS}" ]; then \
+        sed -n 's/^\([A-Za-z0-9_.-]*==[^ ]*\).*/\1/p' requirements-dev.lock | grep -v '^torch==' \
+            > /tmp/pins.txt && \
+        pip install --no-cache-dir -c /tmp/pins.txt "/src[${EXTRAS}]"; \
+    fi && \
+    pip check && \
     python -c "import torch, tools.cli; print('torch', torch.__version__)"
 
 # ---- runtime: the venv, the deploy files, a non-root user -------------------------------------

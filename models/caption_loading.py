@@ -33,6 +33,7 @@ from transformers import (
 
 from models.artifact import WEIGHTS, ArtifactError, read_manifest, write_manifest
 from models.captioner import CaptionerConfig, MultiExitCaptioner
+from models.environment import stamp
 from models.image_encoder import EfficientNetEncoder, HFVisionEncoder, ImageConfig
 from models.loaded import LoadedModel, resolve_device
 
@@ -121,7 +122,7 @@ def save_caption_artifact(model: MultiExitCaptioner, root: str | Path,
     model.tokenizer.save_pretrained(str(root / "tokenizer"))
     manifest = {**manifest, "kind": CAPTION_KIND, "num_exits": model.num_exits,
                 "captioner": model.config.to_dict()}
-    write_manifest(root, manifest)
+    write_manifest(root, stamp(manifest, "build"))
 
 
 def build_from_manifest(root: Path, manifest: dict[str, Any]) -> MultiExitCaptioner:

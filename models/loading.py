@@ -20,6 +20,7 @@ from models.artifact import (
     write_manifest,
 )
 from models.caption_loading import CAPTION_KIND, load_caption_artifact
+from models.environment import stamp
 from models.loaded import LoadedModel, resolve_device
 from models.onnx_loading import load_onnx, onnx_refusal
 from models.text_classifier import MultiExitTextClassifier, TextClassifierConfig
@@ -53,7 +54,7 @@ def save_text_artifact(model: MultiExitTextClassifier, root: str | Path,
     model.tokenizer.save_pretrained(str(root / "tokenizer"))
     manifest = {**manifest, "kind": TEXT_KIND, "num_exits": model.num_exits,
                 "head": asdict(model.config)}
-    write_manifest(root, manifest)
+    write_manifest(root, stamp(manifest, "build"))
 
 
 def load_text_artifact(root: str | Path, device: str = "cpu", dtype: str = "float32",

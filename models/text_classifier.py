@@ -161,14 +161,15 @@ class MultiExitTextClassifier(nn.Module):
                       config: TextClassifierConfig) -> MultiExitTextClassifier:
         """Load pretrained encoder weights (Auto classes) and add fresh exit heads."""
         cfg = AutoConfig.from_pretrained(backbone_dir)
-        kwargs = {"add_pooling_layer": False} if cfg.model_type in _POOLED else {}
+        kwargs: dict[str, Any] = {"add_pooling_layer": False} if cfg.model_type in _POOLED else {}
         return cls(AutoModel.from_pretrained(backbone_dir, **kwargs), tokenizer, config)
 
     @classmethod
     def from_config(cls, backbone_config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase,
                     config: TextClassifierConfig) -> MultiExitTextClassifier:
         """Build the architecture with random weights (to load a state dict into)."""
-        kwargs = {"add_pooling_layer": False} if backbone_config.model_type in _POOLED else {}
+        kwargs: dict[str, Any] = (
+            {"add_pooling_layer": False} if backbone_config.model_type in _POOLED else {})
         return cls(AutoModel.from_config(backbone_config, **kwargs), tokenizer, config)
 
     # ---- tokenisation -------------------------------------------------------------------

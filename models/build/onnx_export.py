@@ -32,6 +32,7 @@ from models.artifact import (
 )
 from models.build.eval_texts import EvalTexts, load_eval_texts
 from models.build.onnx_graphs import OPSET, export_graphs
+from models.environment import stamp
 from models.loading import BackendChoice, load_text_artifact
 from models.onnx_backend import OnnxTextModel
 
@@ -98,7 +99,7 @@ def export_onnx(root: str | Path, precision: str = "fp32", progress: bool = True
              "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "parity": parity}
     manifest = read_manifest(root, verify=False)
     manifest["onnx"] = {**(manifest.get("onnx") or {}), precision: entry}
-    write_manifest(root, manifest)  # rehashes every file, the graphs included
+    write_manifest(root, stamp(manifest, "onnx"))  # rehashes every file, the graphs included
     return ExportReport(root, precision, graphs, time.perf_counter() - t0, parity)
 
 

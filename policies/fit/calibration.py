@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from models.artifact import load_exit_logits, read_manifest, update_manifest, write_manifest
+from models.environment import stamp
 from policies.base import ExitPolicy, PolicyError, check_int, check_number, probabilities
 from policies.beem import accuracy_weights, cost_weights
 from policies.costs import ExitCosts, manifest_costs
@@ -451,7 +452,8 @@ def calibrate_artifact(root: str | Path, policies: Iterable[str] | None = None,
     stored.update({name: fit.to_manifest() for name, fit in fits.items()})
     default = choose_default(stored) or manifest.get("default_policy", "none")
     return update_manifest(root, policies=stored, default_policy=default,
-                           calibrated_on={"backend": "torch", "precision": "fp32"})
+                           calibrated_on={"backend": "torch", "precision": "fp32"},
+                           environment=stamp(dict(manifest), "calibrate")["environment"])
 
 
 def calibrate_captioner(root: str | Path, config: CalibrationConfig | None = None

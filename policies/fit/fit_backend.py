@@ -21,6 +21,7 @@ import torch
 
 from models.artifact import load_exit_logits, read_manifest, write_manifest
 from models.build.onnx_export import cache_backend_logits
+from models.environment import stamp
 from models.onnx_loading import calibration_key
 from policies.costs import manifest_costs
 from policies.fit.calibration import CalibrationConfig, Split, calibrate
@@ -56,7 +57,7 @@ def calibrate_backend(root: str | Path, backend: str, precision: str,
     calibrations = {**(manifest.get("calibrations") or {}), key: entry}
     manifest = read_manifest(root, verify=False)
     manifest["calibrations"] = calibrations
-    write_manifest(root, manifest)  # the new logits file gets its sha256
+    write_manifest(root, stamp(manifest, "calibrate"))  # the new logits file gets its sha256
     return entry
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from models.base import Encoded
+from models.environment import environment_drift
 from models.loading import BackendChoice, load_artifact, resolve_device
 from policies.names import known_policy
 from service.engine.admission import DeadlineAdmission
@@ -166,6 +167,10 @@ class InProcessEngine:
                                         self.cfg.shadow, self.sink)
         if loaded.kind == "captioner":
             self._warm_up(served)
+        for line in environment_drift(loaded.manifest):
+            log.warning("serving environment differs from the artifact's: answers may differ; "
+                        "rebuild it, or install the lock it was built with",
+                        extra={"model": loaded.name, "drift": line})
         log.info("model loaded", extra={"model": loaded.name, "path": path,
                                         "device": device, "exits": loaded.model.num_exits,
                                         "backend": loaded.backend, "why": loaded.why,

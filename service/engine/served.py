@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 from models.artifact import ArtifactError, read_manifest
 from models.base import StepModel
 from models.captioner import MultiExitCaptioner
+from models.environment import environment_drift
 from models.loading import LoadedModel
 from policies import ExitPolicy, PolicyError, build_policy
 from policies.names import known_policy
@@ -131,6 +132,8 @@ class ServedModel:
             "backend_choice": self.loaded.why,
             "calibrated_on": (m.get("serving") or {}).get("calibrated_on")
             or m.get("calibrated_on"),
+            "environment": m.get("environment"),
+            "environment_drift": environment_drift(m),
         }
         return ModelInfo(name=self.name, kind=self.loaded.kind, ready=True,
                          num_exits=self.num_exits, labels=self.labels,

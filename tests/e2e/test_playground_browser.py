@@ -1,6 +1,6 @@
 """The playground page and /docs in a real headless Chromium against a live server.
 
-Skipped when no Chromium or Playwright is installed (`scripts/ci_tools.sh` installs Debian's
+Skipped when no Chromium or Playwright is installed (`.ci/tools.sh` installs Debian's
 `chromium`; Playwright comes with the dev extra and drives it, downloading no browser)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from tests.e2e.server import Server
 
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 pytestmark = pytest.mark.skipif(chromium_path() is None,
-                                reason="no Chromium installed (scripts/ci_tools.sh installs it)")
+                                reason="no Chromium installed (.ci/tools.sh installs it)")
 
 
 def test_typing_sentences_shows_label_exit_layer_and_confidence_strip(server: Server,

@@ -33,7 +33,7 @@ PROMETHEUS_BIN = shutil.which("prometheus")
 pytestmark = [
     pytest.mark.prometheus, pytest.mark.slow, pytest.mark.timeout(400),
     pytest.mark.skipif(PROMETHEUS_BIN is None, reason="prometheus binary not installed "
-                       "(scripts/ci_tools.sh installs Debian's prometheus)"),
+                       "(.ci/tools.sh installs Debian's prometheus)"),
 ]
 ROOT = Path(__file__).resolve().parents[2]
 # caption series need a captioning model; the tiny text artifact has none; retuning moves

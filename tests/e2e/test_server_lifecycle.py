@@ -82,7 +82,7 @@ def test_a_model_that_fails_to_load_answers_503_and_the_other_serves(tiny_artifa
 def test_metrics_pass_promtool(server: Server) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool not installed (scripts/ci_tools.sh installs it)")
+        pytest.skip("promtool not installed (.ci/tools.sh installs it)")
     httpx.post(f"{server.url}/v1/classify", json={"inputs": TEXTS[:3], "policy": "none"})
     text = httpx.get(f"{server.url}/metrics").text
     res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,

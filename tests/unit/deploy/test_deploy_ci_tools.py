@@ -1,4 +1,4 @@
-"""scripts/ci_tools.sh: valid bash, quick and successful when the tools are already there."""
+""".ci/tools.sh: valid bash, quick and successful when the tools are already there."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-SCRIPT = ROOT / "scripts" / "ci_tools.sh"
+SCRIPT = ROOT / ".ci" / "tools.sh"
 
 
 def test_script_is_valid_bash_and_executable():

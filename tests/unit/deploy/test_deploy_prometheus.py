@@ -18,7 +18,7 @@ from promql_sources import ALERTS, PROMETHEUS, alert_rules, all_exprs  # noqa: E
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed "
-                                    "(scripts/ci_tools.sh installs Debian's prometheus)")
+                                    "(.ci/tools.sh installs Debian's prometheus)")
 _NAME = re.compile(r"\b(eeserve_[a-z_]+)")
 _SELECTOR = re.compile(r"\b(eeserve_[a-z_]+)\{([^}]*)\}")
 _BY = re.compile(r"\bby\s*\(([^)]*)\)")
