@@ -37,8 +37,8 @@ test: $(STAMP) tools lint
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check service policies models tools tests scripts deploy
-	$(BIN)/mypy service policies models tools
+	$(BIN)/ruff check service policies models tools bench tests scripts deploy
+	$(BIN)/mypy service policies models tools bench
 	$(BIN)/lint-imports --no-cache
 
 ## lock: re-resolve the locks after pyproject.toml changed, keeping every pin that still fits

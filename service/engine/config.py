@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from service.settings import Settings
+
+
+def _default(name: str) -> Any:
+    """`Settings`' default of a field: the one place a default is declared."""
+    return Settings.model_fields[name].default
 
 
 @dataclass(frozen=True, kw_only=True)
 class ShadowConfig:
     """Shadow checks and guarded retuning (service/engine/shadow.py, policies/agreement.py)."""
 
-    rate: float = 0.0  # share of rows checked (0: only rows whose request asks for it)
+    rate: float = _default("shadow_rate")  # share of rows checked (0: only rows that ask)
     model_rates: tuple[tuple[str, float], ...] = ()  # per-model overrides
-    max_rows: int = 64  # shadow rows waiting at most; more are dropped
-    max_age_s: float = 10.0  # older shadow rows are dropped
-    window: int = 2000  # latest checks per (model, policy, exit) in the bounds
-    confidence: float = 0.95
-    min_support: int = 100
-    adapt: bool = False
-    adapt_step: float = 0.25
+    max_rows: int = _default("shadow_max_rows")  # shadow rows waiting at most; more dropped
+    max_age_s: float = _default("shadow_max_age_s")  # older shadow rows are dropped
+    window: int = _default("shadow_window")  # latest checks per (model, policy, exit)
+    confidence: float = _default("shadow_confidence")
+    min_support: int = _default("shadow_min_support")
+    adapt: bool = _default("adapt")
+    adapt_step: float = _default("adapt_step")
     seed: int | None = None  # sampling seed (tests)
 
     def rate_for(self, model: str) -> float:
@@ -28,30 +34,32 @@ class ShadowConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class EngineConfig:
+    """What the engine reads; every default is `Settings`' (service/settings.py documents them)."""
+
     models: tuple[str, ...]  # artifact directories
-    device: str = "cpu"  # cpu, cuda, cuda:N or auto
-    dtype: str = "float32"
-    max_batch_size: int = 16  # rows in flight across all cohorts
-    max_queue_delay_ms: float = 2.0  # batching window when the engine is idle
-    queue_limit: int = 256  # queued rows before Overloaded
-    admit_wait_rounds: int = 2  # rounds queued rows may wait for half the batch to free up
-    catch_up_rounds: int = 0  # rounds a deeper cohort may wait for younger ones to merge (0: off)
-    default_policy: str | None = None  # overrides each model's own default
-    request_timeout_ms: float = 30_000  # default and largest deadline
-    deadline_admission: bool = False  # 429 when the expected queue wait misses the deadline
-    long_text: str = "truncate"  # or "reject"
-    torch_threads: int | None = None
-    backend: str = "torch"  # torch, onnx or auto (text models)
-    precision: str = "fp32"  # onnx: fp32 or int8
-    onnx_threads: int = 1
-    onnx_spinning: bool = False
-    parallel_steps: int = 2  # model calls of one round run this many at a time (onnx only)
+    device: str = _default("device")  # cpu, cuda, cuda:N or auto
+    dtype: str = _default("dtype")
+    max_batch_size: int = _default("max_batch_size")  # rows in flight across all cohorts
+    max_queue_delay_ms: float = _default("max_queue_delay_ms")  # batching window when idle
+    queue_limit: int = _default("queue_limit")  # queued rows before Overloaded
+    admit_wait_rounds: int = _default("admit_wait_rounds")
+    catch_up_rounds: int = _default("catch_up_rounds")
+    default_policy: str | None = _default("default_policy")  # overrides each model's own
+    request_timeout_ms: float = _default("request_timeout_ms")  # default and largest deadline
+    deadline_admission: bool = _default("deadline_admission")
+    long_text: str = _default("long_text")  # truncate or reject
+    torch_threads: int | None = _default("torch_threads")
+    backend: str = _default("backend")  # torch, onnx or auto (text models)
+    precision: str = _default("precision")  # onnx: fp32 or int8
+    onnx_threads: int = _default("onnx_threads")
+    onnx_spinning: bool = _default("onnx_spinning")
+    parallel_steps: int = _default("parallel_steps")  # onnx: layer calls of a round at a time
     shadow: ShadowConfig = ShadowConfig()
-    max_image_pixels: int = 16_000_000  # header pixels of one image (service/engine/images.py)
-    max_image_aspect: float = 20.0  # long side / short side of one image
-    caption_queue_limit: int = 32  # images queued or decoding before Overloaded
-    image_threads: int = 1  # image decoding pool
-    tokenize_threads: int = 1  # tokenisation pool
+    max_image_pixels: int = _default("max_image_pixels")
+    max_image_aspect: float = _default("max_image_aspect")
+    caption_queue_limit: int = _default("caption_queue_limit")
+    image_threads: int = _default("image_threads")
+    tokenize_threads: int = _default("tokenize_threads")
 
     @classmethod
     def from_settings(cls, s: Settings) -> EngineConfig:

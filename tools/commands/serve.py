@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from service.building import BuildJob
 from tools.errors import CliError
@@ -22,24 +22,37 @@ TEXT_BUILD_S = 1_600  # download + 1,060 training steps (~24 min) + logits, prof
 CAPTION_BUILD_S = 720  # features + stage 1 (<= 480 s) + stage 2 (<= 150 s) + logits, calibration
 
 
+# the settings `eeserve serve` takes as flags (--max-batch-size for max_batch_size, ...); every
+# other setting is an EESERVE_* variable. Types, choices, limits and help come from `Settings`.
+FLAGS = ("host", "port", "device", "dtype", "backend", "precision", "onnx_threads",
+         "max_batch_size", "max_queue_delay_ms", "queue_limit", "default_policy",
+         "torch_threads")
+
+
+def _flag_spec(name: str) -> dict[str, Any]:
+    """argparse keywords for one `Settings` field: its type or choices, and its help."""
+    from service.settings import Settings
+
+    field = Settings.model_fields[name]
+    ann = field.annotation
+    kinds = [ann] if get_origin(ann) is Literal else [
+        a for a in (get_args(ann) or (ann,)) if a is not type(None)]  # X | None -> X
+    spec: dict[str, Any] = {"help": f"{field.description or name.replace('_', ' ')} "
+                                    f"(default {field.default}; env EESERVE_{name.upper()})"}
+    literal = [a for a in kinds if get_origin(a) is Literal]
+    if literal:  # named in the help; Settings refuses other values in one line
+        spec["metavar"] = "{" + ",".join(map(str, get_args(literal[0]))) + "}"
+    elif kinds and kinds[0] in (int, float):
+        spec["type"] = kinds[0]
+    return spec
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve model artifacts over HTTP (REST v1 + OIP v2)")
     p.add_argument("models", nargs="*", help="artifact directories (default: the default "
                                              "text model, built if missing)")
-    p.add_argument("--host", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default 8000)")
-    p.add_argument("--device", help="cpu, cuda or auto")
-    p.add_argument("--dtype", help="float32, float16 or bfloat16")
-    p.add_argument("--backend", choices=["torch", "onnx", "auto"],
-                   help="layer runtime of text models (default auto: onnx on a CPU when the "
-                        "artifact's graphs passed parity, else torch)")
-    p.add_argument("--precision", choices=["fp32", "int8"], help="onnx precision")
-    p.add_argument("--onnx-threads", type=int, help="ONNX Runtime intra-op threads")
-    p.add_argument("--max-batch-size", type=int, help="rows in flight across the engine")
-    p.add_argument("--max-queue-delay-ms", type=float, help="batching window when idle")
-    p.add_argument("--queue-limit", type=int, help="queued texts before 429")
-    p.add_argument("--default-policy", help="policy when a request names none")
-    p.add_argument("--torch-threads", type=int, help="torch intra-op threads")
+    for name in FLAGS:
+        p.add_argument(f"--{name.replace('_', '-')}", **_flag_spec(name))
     p.add_argument("--plain-logs", action="store_true", help="human-readable logs, not JSON")
     return p
 
@@ -49,13 +62,8 @@ def settings_from(args: argparse.Namespace) -> Any:
 
     from service.settings import Settings
 
-    overrides: dict[str, Any] = {}
-    for name in ("host", "port", "device", "dtype", "max_batch_size", "max_queue_delay_ms",
-                 "queue_limit", "default_policy", "torch_threads", "backend", "precision",
-                 "onnx_threads"):
-        v = getattr(args, name)
-        if v is not None:
-            overrides[name] = v
+    overrides: dict[str, Any] = {n: getattr(args, n) for n in FLAGS
+                                 if getattr(args, n) is not None}
     if args.models:
         overrides["models"] = list(args.models)
     if args.plain_logs:
