@@ -37,7 +37,7 @@ test: $(STAMP) tools lint
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check service policies models tools bench tests scripts deploy
+	$(BIN)/ruff check service policies models tools bench tests deploy
 	$(BIN)/mypy service policies models tools bench
 	$(BIN)/lint-imports --no-cache
 

@@ -57,8 +57,8 @@ step() {  # step NAME COMMAND...
         failed+=("$name")
     fi
 }
-step ruff "$VENV/bin/ruff" check service policies models tools tests scripts deploy
-step mypy "$VENV/bin/mypy" service policies models tools
+step ruff "$VENV/bin/ruff" check service policies models tools bench tests deploy
+step mypy "$VENV/bin/mypy" service policies models tools bench
 step import-contracts "$VENV/bin/lint-imports" --no-cache
 step unit-tests "$VENV/bin/pytest" -q -x -p no:cacheprovider "$TESTS"
 

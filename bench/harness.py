@@ -176,10 +176,12 @@ def eeserve(*args: str) -> list[str]:
 def serve(models: Sequence[str | Path], log: Path, *args: str, name: str = "eeserve",
           env: Mapping[str, str] | None = None, wait: bool = True, any_answer: bool = False,
           timeout: float = 900) -> Server:
-    """`eeserve serve MODELS... --host 127.0.0.1 --device cpu --plain-logs ARGS`."""
+    """`eeserve serve MODELS... --host 127.0.0.1 --device cpu --plain-logs ARGS`; waits for
+    /readyz, or with `any_answer` for /healthz (alive, whatever its models' state)."""
     cmd = eeserve("serve", *map(str, models), "--host", HOST, "--device", "cpu",
                   "--plain-logs", *args)
-    return start(name, cmd, log, env=env, wait=wait, any_answer=any_answer, timeout=timeout)
+    return start(name, cmd, log, ready="/healthz" if any_answer else "/readyz", env=env,
+                 wait=wait, any_answer=any_answer, timeout=timeout)
 
 
 @contextmanager

@@ -35,7 +35,7 @@ from models.artifact import WEIGHTS, ArtifactError, read_manifest, write_manifes
 from models.captioner import CaptionerConfig, MultiExitCaptioner
 from models.environment import stamp
 from models.image_encoder import EfficientNetEncoder, HFVisionEncoder, ImageConfig
-from models.loaded import LoadedModel, resolve_device
+from models.loaded_model import LoadedModel, resolve_device
 
 CAPTION_KIND = "captioner"
 

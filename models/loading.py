@@ -21,7 +21,7 @@ from models.artifact import (
 )
 from models.caption_loading import CAPTION_KIND, load_caption_artifact
 from models.environment import stamp
-from models.loaded import LoadedModel, resolve_device
+from models.loaded_model import LoadedModel, resolve_device
 from models.onnx_loading import load_onnx, onnx_refusal
 from models.text_classifier import MultiExitTextClassifier, TextClassifierConfig
 

@@ -24,7 +24,7 @@ from models.text_classifier import TextClassifierConfig, encode_texts
 
 @dataclass(frozen=True)
 class OrtOptions:
-    """Session settings (chosen by measurement on 2 cores; see docs/BENCHMARKS.md)."""
+    """Session settings (chosen by measurement on 2 cores; docs/benchmarks/serving.md)."""
 
     intra_op_threads: int = 1  # threads per layer call
     spinning: bool = False  # spin-waiting worker threads steal the event loop's core

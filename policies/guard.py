@@ -32,9 +32,10 @@ upper confidence bound meets the target, at a stated one-sided confidence gamma.
     n = 250 (nominal 0.8); with it, every point of a grid of n in {250, 528, 1057}, lost rate
     0.2-4 %, true loss 0-1 % covered >= 0.80 (3,000 draws each; tests/unit/policies/test_guard.py
     keeps the worst cases). Not the default: on the default model it bought +0.04x for max-prob
-    on test, and on 20 validation halves (scripts/guard_halves.py) the calibrated promise broke
-    in 6/20 (max-prob) and 11/20 (BEEM) halvings against 2/20 and 5/20 with "exact". The bound
-    covers one fixed threshold; picking the fastest of ~256 that pass it needs the extra margin.
+    on test, and on 20 validation halves (`python -m bench.studies.guard_halves`) the
+    calibrated promise broke in 6/20 (max-prob) and 11/20 (BEEM) halvings against 2/20 and
+    5/20 with "exact". The bound covers one fixed threshold; picking the fastest of ~256 that
+    pass it needs the extra margin.
 
 Everything is vectorised over tensors of counts (float64), no scipy.
 """

@@ -41,7 +41,7 @@ class BuildJob:
     recipe: str
     kind: str  # "text-classifier" or "captioner"
     out: Path
-    estimate_s: float  # a whole build on the reference CPU (docs/BENCHMARKS.md)
+    estimate_s: float  # a whole build on the reference CPU (docs/benchmarks/reliability.md)
     after_s: dict[str, float] = field(default_factory=dict)  # stage -> seconds that follow it
 
     @property

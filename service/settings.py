@@ -57,7 +57,7 @@ class Settings(BaseSettings):
                                      "queue wait, from the rows ahead of it and the measured "
                                      "drain rate, would not leave it time to finish within its "
                                      "deadline (off by default: with clients that resend at once "
-                                     "it lowered goodput, see docs/BENCHMARKS.md)")
+                                     "it lowered goodput: docs/benchmarks/overload.md)")
     admit_wait_rounds: int = Field(2, ge=0, le=64, description="layer rounds queued texts may "
                                    "wait for half the batch to free up (bigger cohorts)")
     catch_up_rounds: int = Field(0, ge=0, le=64, description="layer rounds a deeper cohort may "
@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     precision: Precision = Field("fp32", description="onnx precision; int8 needs its own "
                                  "calibration (eeserve calibrate --backend onnx --precision int8)")
     onnx_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads per "
-                              "layer call (1 measured best on 2 cores: see docs/BENCHMARKS.md)")
+                              "layer call (1 measured best on 2 cores: docs/benchmarks/serving.md)")
     onnx_spinning: bool = Field(False, description="let ONNX Runtime threads spin-wait")
     parallel_steps: int = Field(2, ge=1, le=16, description="onnx: layer calls of one engine "
                                 "round (cohorts at different layers) run this many at a time; "
@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     gil_switch_interval_ms: float | None = Field(
         None, gt=0, le=100, description="Python's thread switch interval (sys.setswitchinterval;"
         " None keeps Python's 5 ms): how soon the event loop gets the GIL back from the engine "
-        "threads (0.5 vs 5 ms under a flood: within the noise here, docs/BENCHMARKS.md)")
+        "threads (0.5 vs 5 ms under a flood: within the noise here, docs/benchmarks/overload.md)")
     ready_when: Literal["all", "any"] = Field(
         "all", description="/readyz and /v2/health/ready answer 200 when every configured model "
                            "serves (all) or at least one does (any); either way a model that "

@@ -17,13 +17,13 @@ from types import ModuleType
 # A command imports what only it needs (training, fitting, the engine) inside its `run`, so a
 # command loads its own libraries only; nothing is imported late to dodge a cycle (import-linter
 # checks the graph: pyproject.toml). The expected failures are `tools.errors.EXPECTED`.
-from tools.commands import bench, calibrate, evaluate, export, peer, serve, train  # noqa: E402
+from tools.commands import bench, calibrate, evaluate, export, serve, train  # noqa: E402
 from tools.errors import EXPECTED, CliError  # noqa: E402
 
 __all__ = ["COMMANDS", "CliError", "build_parser", "main"]
 
 COMMANDS: dict[str, ModuleType] = {"train": train, "calibrate": calibrate, "evaluate": evaluate,
-                                   "export": export, "serve": serve, "bench": bench, "peer": peer}
+                                   "export": export, "serve": serve, "bench": bench}
 
 
 def build_parser() -> argparse.ArgumentParser:

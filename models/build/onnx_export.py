@@ -106,7 +106,8 @@ def export_onnx(root: str | Path, precision: str = "fp32", progress: bool = True
 def quantise_graphs(src: Path, dst: Path) -> list[str]:
     """Dynamic int8 quantisation of every graph's MatMul weights, one scale per output channel
     (activations stay float). Per-tensor scales changed 4.5 % of the default model's final
-    predictions (-1.42 points on test); per-channel 1.6 % (-0.09 points): docs/BENCHMARKS.md."""
+    predictions (-1.42 points on test); per-channel 1.6 % (-0.09 points): docs/benchmarks/
+    accuracy.md, "Precision: int8"."""
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic

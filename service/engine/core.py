@@ -1,7 +1,7 @@
 """`InProcessEngine`: the `EngineClient` that runs models in this process on a worker thread.
 
 The event loop validates a request (model, policy, sizes), tokenises it in a helper thread and
-queues it; the worker thread (service/engine/scheduler.py) steps cohorts layer by layer and
+queues it; the worker thread (service/engine/text_task.py) steps cohorts layer by layer and
 resolves each request's future through `call_soon_threadsafe`. Torch work never runs on the
 event loop.
 """
@@ -25,15 +25,16 @@ from models.environment import environment_drift
 from models.loading import BackendChoice, load_artifact, resolve_device
 from policies.names import known_policy
 from service.engine.admission import DeadlineAdmission
-from service.engine.captioning import CaptionHandle, CaptionRunner
-from service.engine.captioning import warm_up as warm_up_captioner
+from service.engine.caption_cohort import CaptionHandle
+from service.engine.caption_decode import warm_up as warm_up_captioner
+from service.engine.caption_task import CaptionTask
 from service.engine.config import EngineConfig
 from service.engine.handles import PolicyKey, RequestHandle, now
 from service.engine.images import decode_images
 from service.engine.live import LiveAgreement
 from service.engine.loop import EngineLoop, RowGauges
-from service.engine.scheduler import Scheduler
 from service.engine.served import ServedModel, failed_info, seed_step_cost
+from service.engine.text_task import TextTask
 from service.engine.tokenize import TokenBatcher
 from service.image_limits import ImageLimits
 from service.protocol import (
@@ -65,12 +66,12 @@ class InProcessEngine:
         self.sink: StatsSink = sink or NullSink()
         self.served: dict[str, ServedModel] = {}
         self.failed: dict[str, ModelInfo] = {}  # artifact path -> what did not load, and why
-        self.scheduler: Scheduler | None = None
+        self.text_task: TextTask | None = None
         self._thread: threading.Thread | None = None
         self._ready = False  # every model served and accepting requests (`ready_when=all`)
         self._serving = False  # started and not shutting down: loaded models answer
         self._warmed = threading.Event()
-        self.captions: CaptionRunner | None = None  # worker for captioner models, when loaded
+        self.captions: CaptionTask | None = None  # worker for captioner models, when loaded
         self._caption_thread: threading.Thread | None = None
         self._tokenizers: dict[str, TokenBatcher] = {}  # per text model, event loop only
         # separate bounded pools: images being decoded never hold up tokenisation
@@ -82,7 +83,7 @@ class InProcessEngine:
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         await asyncio.to_thread(self._load_all)
-        self.scheduler = Scheduler(self.served, self.cfg, self.sink, gauges=self._gauges)
+        self.text_task = TextTask(self.served, self.cfg, self.sink, gauges=self._gauges)
         self._thread = threading.Thread(target=self._worker, name="eeserve-engine", daemon=True)
         self._thread.start()
         await asyncio.to_thread(self._warmed.wait)  # text models warm up on the worker thread
@@ -93,7 +94,7 @@ class InProcessEngine:
         self._ready = bool(self.served) and not self.failed
 
     def _start_captions(self) -> None:
-        self.captions = CaptionRunner(self.cfg.max_batch_size, self.cfg.caption_queue_limit,
+        self.captions = CaptionTask(self.cfg.max_batch_size, self.cfg.caption_queue_limit,
                                       self.sink, self.cfg.shadow, gauges=self._gauges)
         self._caption_thread = threading.Thread(target=self._caption_worker,
                                                 name="eeserve-captions", daemon=True)
@@ -204,7 +205,7 @@ class InProcessEngine:
             model.all_exit_logits(enc)
 
     def _worker(self) -> None:
-        assert self.scheduler is not None
+        assert self.text_task is not None
         torch.set_grad_enabled(False)
         with torch.inference_mode():
             try:  # on this thread: the CPU kernels' per-shape caches belong to the thread
@@ -215,7 +216,7 @@ class InProcessEngine:
                 log.warning("warm-up failed", extra={"error": f"{type(e).__name__}: {e}"})
             finally:
                 self._warmed.set()
-            self.scheduler.run_forever()
+            self.text_task.run_forever()
 
     def _caption_worker(self) -> None:
         assert self.captions is not None
@@ -228,8 +229,8 @@ class InProcessEngine:
         out: list[tuple[EngineLoop[Any, Any], threading.Thread | None, str]] = []
         if self.captions is not None:
             out.append((self.captions, self._caption_thread, "caption"))
-        if self.scheduler is not None:
-            out.append((self.scheduler, self._thread, "request"))
+        if self.text_task is not None:
+            out.append((self.text_task, self._thread, "request"))
         return out
 
     async def shutdown(self, grace_s: float = 10.0) -> None:
@@ -265,7 +266,7 @@ class InProcessEngine:
         return infos + list(self.failed.values())
 
     def status(self) -> EngineStatus:
-        s, c = self.scheduler, self.captions
+        s, c = self.text_task, self.captions
         return EngineStatus(queue_depth=(s.pending_rows if s else 0) +
                             (c.pending_rows if c else 0),
                             active_rows=(s.active_rows() if s else 0) +
@@ -305,7 +306,7 @@ class InProcessEngine:
         return found
 
     async def classify(self, req: ClassifyRequest) -> list[ClassifyResult]:
-        if self.scheduler is None:
+        if self.text_task is None:
             raise NotReady("engine not started")
         served = self._model(req.model)
         key = PolicyKey(req.policy or served.default_policy,
@@ -321,17 +322,17 @@ class InProcessEngine:
             raise DeadlineExceeded(f"no answer within {timeout_ms:.0f} ms (the deadline passed "
                                    "before the request reached the engine)", "deadline_ms")
         if self.cfg.deadline_admission:  # Overloaded when the queue cannot be left in time
-            sched = self.scheduler
+            sched = self.text_task
             self.admission.check(now(), sched.pending_rows + sched.reserved_rows,
                                  len(req.texts), left_s)
-        self.scheduler.reserve(len(req.texts))  # Overloaded before any work is done
+        self.text_task.reserve(len(req.texts))  # Overloaded before any work is done
         try:
             enc = await self._token_batcher(served).encode(list(req.texts))
         except BaseException:
-            self.scheduler.release(len(req.texts))
+            self.text_task.release(len(req.texts))
             raise
         if self.cfg.long_text == "reject" and any(enc.truncated):
-            self.scheduler.release(len(req.texts))
+            self.text_task.release(len(req.texts))
             i = enc.truncated.index(True)
             raise BadRequest(f"inputs[{i}] is longer than the model's "
                              f"{served.text_model.config.max_length} tokens (long_text=reject)",
@@ -343,7 +344,7 @@ class InProcessEngine:
             deadline=arrival + timeout_ms / 1e3,
             budget_s=req.latency_budget_ms / 1e3 if req.latency_budget_ms else None,
             return_trace=req.return_trace, shadow=req.shadow)
-        self.scheduler.submit(handle)
+        self.text_task.submit(handle)
         try:
             results: list[ClassifyResult] = await asyncio.wait_for(
                 asyncio.shield(handle.future), max(0.0, handle.deadline - now()) + 1.0)

@@ -6,7 +6,7 @@ rows are dropped from their cohorts at the next step. The worker thread hands re
 through `loop.call_soon_threadsafe` only.
 
     RequestHandle (text): one future, resolved once with every row's result or the first error
-    CaptionHandle (captions, service/engine/captioning.py): a stream of events per image
+    CaptionHandle (captions, service/engine/caption_cohort.py): a stream of events per image
 """
 
 from __future__ import annotations

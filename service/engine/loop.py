@@ -2,8 +2,8 @@
 
     schedule: wait for work; admit queued rows into the free part of `max_rows` (`_take`)
     run:      the task adapter steps its cohorts once (`_admit`, `_run_round`): text
-              classification one layer per cohort (service/engine/scheduler.py), captions one
-              token per cohort (service/engine/captioning.py)
+              classification one layer per cohort (service/engine/text_task.py), captions one
+              token per cohort (service/engine/caption_task.py)
     update:   inside the round, the adapter applies `policies.base.decide` per row, answers the
               rows that left and keeps the rest; the loop measures the round
 
@@ -13,7 +13,7 @@ room before any work (overload is refused early), `submit` a handle, `close` (no
 `stop` (the worker returns once idle). Gauges (`eeserve_queue_depth`, `eeserve_active_rows`) are
 published by the worker only: at every schedule, after every round and when the loop comes to
 rest, so they read 0 when idle (publishing from `submit` too, on the event loop, cost 8 % of
-torch-eager throughput: docs/BENCHMARKS.md, engine frame).
+torch-eager throughput: docs/benchmarks/serving.md, "Engine frame").
 """
 
 from __future__ import annotations

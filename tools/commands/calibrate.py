@@ -22,7 +22,7 @@ def add_guard_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guard", default="exact", choices=["exact", "score"],
                    help="the guard's bound: exact Clopper-Pearson bounds on lost and gained rows "
                         "(default) or a joint score bound (less margin; broke the promise more "
-                        "often on validation halves, see docs/BENCHMARKS.md)")
+                        "often on validation halves, docs/benchmarks/accuracy.md)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -16,8 +16,8 @@ from typing import Any, Literal, get_args, get_origin
 from service.building import BuildJob
 from tools.errors import CliError
 
-# measured whole builds on the 2-vCPU reference machine (docs/BENCHMARKS.md): the first guess
-# shown before a build's own training pace is known
+# measured whole builds on the 2-vCPU reference machine (docs/benchmarks/reliability.md, "First
+# start"): the first guess shown before a build's own training pace is known
 TEXT_BUILD_S = 1_600  # download + 1,060 training steps (~24 min) + logits, profile, calibration
 CAPTION_BUILD_S = 720  # features + stage 1 (<= 480 s) + stage 2 (<= 150 s) + logits, calibration
 

@@ -44,14 +44,14 @@ def test_the_manifest_states_the_measured_accuracy() -> None:
 
 @pytest.mark.xfail(strict=False, reason="the last exit on test spans 84.47-85.04 % over three "
                    "seeds of the recipe (seed 42: 84.66 %; the recipe is chosen on validation, "
-                   "where it is 86.19-86.47 %); see docs/BENCHMARKS.md, issue 15")
+                   "where it is 86.19-86.47 %); see docs/benchmarks/accuracy.md")
 def test_last_exit_accuracy_target() -> None:
     acc = _test_accuracy()
     assert acc[-1] >= 0.85, f"last-exit test accuracy {acc[-1]:.4f}"
 
 
 @pytest.mark.xfail(strict=False, reason="exit 3 on test spans 81.25-83.14 % over three seeds of "
-                   "the recipe (seed 42: 83.14 %); see docs/BENCHMARKS.md")
+                   "the recipe (seed 42: 83.14 %); see docs/benchmarks/accuracy.md")
 def test_exit3_accuracy_target() -> None:
     acc = _test_accuracy()
     assert acc[2] >= 0.83, f"exit-3 test accuracy {acc[2]:.4f}"

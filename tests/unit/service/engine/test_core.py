@@ -37,7 +37,7 @@ async def test_a_deadline_spent_before_the_engine_is_a_504_without_work(
                                received_at=time.perf_counter() - 0.2)
         with pytest.raises(DeadlineExceeded, match="before the request reached the engine"):
             await eng.classify(late)
-        assert eng.scheduler is not None and eng.scheduler.reserved_rows == 0
+        assert eng.text_task is not None and eng.text_task.reserved_rows == 0
         on_time = ClassifyRequest(texts=["fine"], deadline_ms=5000,
                                   received_at=time.perf_counter())
         assert len(await eng.classify(on_time)) == 1
@@ -55,13 +55,13 @@ async def test_deadline_admission_refuses_what_the_backlog_would_make_late(
         t = time.perf_counter()
         for i in range(64):  # the engine answered 64 rows a second lately
             eng.admission.answered(t - 1.0 + i / 64, 1, compute_s=0.01)
-        assert eng.scheduler is not None
-        eng.scheduler.reserved_rows = 128  # two seconds of rows ahead (being tokenised)
+        assert eng.text_task is not None
+        eng.text_task.reserved_rows = 128  # two seconds of rows ahead (being tokenised)
         try:
             with pytest.raises(Overloaded, match="over the deadline of"):
                 await eng.classify(ClassifyRequest(texts=["fine"], deadline_ms=1000))
         finally:
-            eng.scheduler.reserved_rows = 0
+            eng.text_task.reserved_rows = 0
         assert len(await eng.classify(ClassifyRequest(texts=["fine"], deadline_ms=1000))) == 1
     finally:
         await eng.shutdown(1.0)

@@ -21,8 +21,8 @@ from policies import build_policy
 from service.engine.config import EngineConfig, ShadowConfig
 from service.engine.handles import PolicyKey, RequestHandle, now
 from service.engine.live import LiveAgreement
-from service.engine.scheduler import Scheduler
 from service.engine.served import ServedModel, StepCost
+from service.engine.text_task import TextTask
 from service.protocol import ClassifyResult
 from service.stats import NullSink, ShadowCheckStats, ShadowDropStats
 
@@ -44,7 +44,7 @@ class FakeStepModel:
 
     num_exits: int = K
     calls: list[Call] = field(default_factory=list)
-    sched: Scheduler | None = None
+    sched: TextTask | None = None
     in_shadow: bool = False
 
     def embed(self, enc: Encoded) -> TextBatch:
@@ -92,7 +92,7 @@ class Sink(NullSink):
 
 @dataclass
 class Rig:
-    sched: Scheduler
+    sched: TextTask
     model: FakeStepModel
     sink: Sink
     served: ServedModel
@@ -106,7 +106,7 @@ def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rig]:
     served = _served(model, tmp_path, shadow)
     sink = Sink()
     cfg = EngineConfig(models=(), max_batch_size=4, max_queue_delay_ms=0.0, shadow=shadow)
-    sched = Scheduler({"fake": served}, cfg, sink)
+    sched = TextTask({"fake": served}, cfg, sink)
     model.sched = sched
     real_step = sched.shadow.step
 

@@ -1,0 +1,1 @@
+"""Reliability benchmarks: bad inputs and images, first start, soak, builds, shadow checks."""
