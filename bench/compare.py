@@ -9,18 +9,21 @@ tree used (cores busy, from /proc: worker processes counted). Medians over round
 record with the machine, the commit and each target's backend, precision, threads and workers.
 
 Targets (`SERVER[:POLICY]`; the policy is sent per request, none sent = the server's default):
-- `peer-onnx`, `peer-onnx-wN`: the ONNX Runtime peer (`python -m bench.peers.onnx --runtime
-  onnx`: FastAPI + ONNX Runtime, whole fp32 graph, dynamic batching, 1 intra-op thread) with 1
-  or N uvicorn worker processes (`-w2` on 2 cores is what a user runs with `--workers 2`).
+- `peer-onnx`: the ONNX Runtime peer (`python -m bench.peers.onnx --runtime onnx`: FastAPI +
+  ONNX Runtime, whole fp32 graph, dynamic batching, 1 intra-op thread per worker).
 - `peer-torch`: the same peer on torch eager, one request at a time.
 - `onnx`, `onnx2`, `onnxseq`, `int8`, `torch`: `eeserve serve --backend onnx` (1 intra-op
   thread), with 2 intra-op threads, with one layer call at a time (EESERVE_PARALLEL_STEPS=1),
   `--precision int8`, and `--backend torch --torch-threads 1`.
+- `NAME-wN` (any of the above but infinity): N worker processes: `peer-onnx-w2` is the peer
+  under `uvicorn --workers 2`, `onnx-w2` is `eeserve serve --workers 2` (two engine
+  processes behind one front); without it, one (`eeserve serve --workers 1`).
 - `infinity`: infinity-emb's torch engine from the throwaway venv `--infinity-venv` serving
   `--hf-dir` (both made by bench/peers/infinity.sh).
 
     OMP_WAIT_POLICY=PASSIVE python -m bench.compare artifacts/text-default \
-        --targets peer-onnx peer-onnx-w2 onnx:none onnx:eenet onnx:beem --rounds 3 \
+        --targets peer-onnx peer-onnx-w2 onnx:none onnx:beem onnx-w2:none onnx-w2:beem \
+        --rounds 3 \
         --duration 20 --json docs/figures/http_compare.json
 """
 
@@ -57,11 +60,12 @@ class Spec:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def _eeserve_spec(args: argparse.Namespace, extra: list[str], settings: dict[str, Any],
-                  env: dict[str, str] | None = None) -> Spec:
+def _eeserve_spec(args: argparse.Namespace, workers: int, extra: list[str],
+                  settings: dict[str, Any], env: dict[str, str] | None = None) -> Spec:
     cmd = eeserve("serve", str(args.artifact), "--host", "127.0.0.1", "--device", "cpu",
-                  "--plain-logs", "--max-batch-size", str(args.max_batch), *extra)
-    return Spec(cmd, {"server": "eeserve", "workers": 1, **settings}, env=env or {})
+                  "--plain-logs", "--max-batch-size", str(args.max_batch), "--workers",
+                  str(workers), *extra)
+    return Spec(cmd, {"server": "eeserve", "workers": workers, **settings}, env=env or {})
 
 
 def _peer_spec(args: argparse.Namespace, runtime: str, workers: int) -> Spec:
@@ -87,32 +91,34 @@ def _infinity_spec(args: argparse.Namespace) -> Spec:
 
 
 ONNX: dict[str, Any] = {"backend": "onnx", "precision": "fp32", "threads": 1}
-SERVERS: dict[str, Callable[[argparse.Namespace], Spec]] = {
-    "onnx": lambda a: _eeserve_spec(a, ["--backend", "onnx"], ONNX),
-    "onnx2": lambda a: _eeserve_spec(a, ["--backend", "onnx", "--onnx-threads", "2"],
-                                     {**ONNX, "threads": 2}),
-    "onnxseq": lambda a: _eeserve_spec(a, ["--backend", "onnx"], {**ONNX, "parallel_steps": 1},
-                                       env={"EESERVE_PARALLEL_STEPS": "1"}),
-    "int8": lambda a: _eeserve_spec(a, ["--backend", "onnx", "--precision", "int8"],
-                                    {**ONNX, "precision": "int8"}),
-    "torch": lambda a: _eeserve_spec(a, ["--backend", "torch", "--torch-threads", "1"],
-                                     {"backend": "torch", "precision": "fp32", "threads": 1}),
-    "peer-onnx": lambda a: _peer_spec(a, "onnx", 1),
-    "peer-torch": lambda a: _peer_spec(a, "torch", 1),
-    "infinity": _infinity_spec,
+SERVERS: dict[str, Callable[[argparse.Namespace, int], Spec]] = {
+    "onnx": lambda a, w: _eeserve_spec(a, w, ["--backend", "onnx"], ONNX),
+    "onnx2": lambda a, w: _eeserve_spec(a, w, ["--backend", "onnx", "--onnx-threads", "2"],
+                                        {**ONNX, "threads": 2}),
+    "onnxseq": lambda a, w: _eeserve_spec(a, w, ["--backend", "onnx"],
+                                          {**ONNX, "parallel_steps": 1},
+                                          env={"EESERVE_PARALLEL_STEPS": "1"}),
+    "int8": lambda a, w: _eeserve_spec(a, w, ["--backend", "onnx", "--precision", "int8"],
+                                       {**ONNX, "precision": "int8"}),
+    "torch": lambda a, w: _eeserve_spec(a, w, ["--backend", "torch", "--torch-threads", "1"],
+                                        {"backend": "torch", "precision": "fp32",
+                                         "threads": 1}),
+    "peer-onnx": lambda a, w: _peer_spec(a, "onnx", w),
+    "peer-torch": lambda a, w: _peer_spec(a, "torch", w),
+    "infinity": lambda a, w: _infinity_spec(a),
 }
-PEER_WORKERS = re.compile(r"peer-onnx-w(\d+)$")
+WORKERS = re.compile(r"(.+?)-w(\d+)$")  # NAME-wN: the server with N worker processes
 
 
 def spec_for(server: str, args: argparse.Namespace) -> Spec:
-    """The spec of one server name (`peer-onnx-wN` for any N >= 1)."""
-    if (m := PEER_WORKERS.match(server)) and int(m.group(1)) >= 1:
-        return _peer_spec(args, "onnx", int(m.group(1)))
-    if server not in SERVERS:
-        names = ", ".join([*SERVERS, "peer-onnx-wN"])
+    """The spec of one server name: a name of `SERVERS`, optionally `-wN` (N processes)."""
+    m = WORKERS.match(server)
+    base, workers = (m.group(1), int(m.group(2))) if m else (server, 1)
+    if base not in SERVERS or workers < 1 or (m and base == "infinity"):
+        names = ", ".join(SERVERS)
         raise SystemExit(f"bench.compare: error: unknown server {server!r} in --targets "
-                         f"(one of: {names})")
-    return SERVERS[server](args)
+                         f"(one of: {names}; add -wN for N worker processes)")
+    return SERVERS[base](args, workers)
 
 
 def measure(server: Server, policy: str, texts: Path, args: argparse.Namespace,
@@ -159,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=16, help="servers' batch limit (16)")
     p.add_argument("--infinity-venv", default="/tmp/infinity-venv")
     p.add_argument("--hf-dir", type=Path, help="standard HF classifier dir (for infinity)")
+    p.add_argument("--cpus", help="pin every server to these CPUs (taskset -c, e.g. 0 or 0,1); "
+                                   "the load generator is not pinned")
     p.add_argument("--logs", type=Path, help="where the servers' logs go (default: a temp dir)")
     p.add_argument("--json", type=Path, help="write the run's record here")
     return p
@@ -189,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     servers: dict[str, Server] = {}
     runs: dict[str, list[dict[str, Any]]] = {t: [] for t in args.targets}
     try:
+        pin = ["taskset", "-c", args.cpus] if args.cpus else []
         for n, spec in specs.items():
-            servers[n] = start(n, spec.cmd, logs / f"{n}.log", kind=spec.kind,
+            servers[n] = start(n, [*pin, *spec.cmd], logs / f"{n}.log", kind=spec.kind,
                                ready=spec.ready, env=spec.env)
         for r in range(args.rounds):
             for t in args.targets if r % 2 == 0 else args.targets[::-1]:
@@ -209,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
            targets={t: {**specs[t.partition(':')[0]].settings,
                         "policy": t.partition(":")[2] or "server default"}
                     for t in args.targets},
-           rounds=args.rounds, duration_s=args.duration, vus=args.vus,
+           rounds=args.rounds, duration_s=args.duration, vus=args.vus, cpus=args.cpus,
            max_batch=args.max_batch, load="k6 closed loop, one test sentence per request")
     return 0
 

@@ -23,6 +23,7 @@ from service.building import BuildJob
 from service.limits import BodyLimitMiddleware
 from service.metrics import PrometheusStatLogger
 from service.middleware import RequestContextMiddleware, ShutdownSignal
+from service.pool import EnginePool, resolve_workers
 from service.progressive import GrowingEngine, ProgressiveEngine
 from service.protocol import EngineClient
 from service.schemas import apply_limits
@@ -33,7 +34,11 @@ log = logging.getLogger("eeserve.app")
 
 
 def build_engine(settings: Settings, sink: PrometheusStatLogger) -> EngineClient:
-    """The in-process torch engine (imported here so the HTTP layer stays torch-free)."""
+    """With `workers` >= 2, engine processes behind this front (service/pool.py); else the
+    in-process torch engine (imported here so the HTTP layer stays torch-free)."""
+    workers = resolve_workers(settings.workers)
+    if workers >= 2:
+        return EnginePool(settings, sink, workers)
     mod = importlib.import_module("service.engine")
     cfg = mod.EngineConfig.from_settings(settings)
     return mod.InProcessEngine(cfg, sink)

@@ -44,7 +44,8 @@ METRIC_NAMES = (
     "eeserve_shadow_dropped_total", "eeserve_shadow_agreement_lower",
     "eeserve_shadow_agreement_upper", "eeserve_shadow_agreement_promise",
     "eeserve_shadow_support", "eeserve_retune_changes_total", "eeserve_retune_threshold",
-    "eeserve_retune_budget_shift",
+    "eeserve_retune_budget_shift", "eeserve_engine_process_up",
+    "eeserve_engine_resident_memory_bytes", "eeserve_engine_restarts_total",
 )
 # request statuses that reached the engine: their durations go into the latency histograms
 _TIMED_STATUSES = frozenset({"ok", "timeout"})
@@ -110,6 +111,18 @@ class PrometheusStatLogger:
                                          "Tokens per caption", ("model",), buckets=TOKEN_BUCKETS)
 
         self._make_shadow()
+        self._make_processes()
+
+    def _make_processes(self) -> None:
+        """Engine processes of `--workers N` (service/pool.py); absent with one process."""
+        self.engine_up = self._make(self._gauge_cls, "eeserve_engine_process_up",
+                                    "1 while the engine process serves, 0 while it is "
+                                    "being replaced", ("process",))
+        self.engine_rss = self._make(self._gauge_cls, "eeserve_engine_resident_memory_bytes",
+                                     "Resident memory of an engine process", ("process",))
+        self.engine_restarts = self._make(self._counter_cls, "eeserve_engine_restarts",
+                                          "Engine processes that exited and were replaced",
+                                          ("role",))
 
     def _make_shadow(self) -> None:
         """Shadow checks, live agreement against its promise, and guarded retuning."""
@@ -217,6 +230,13 @@ class PrometheusStatLogger:
     # ---- extras used by the app ------------------------------------------------------------------
     def set_active_rows(self, n: int) -> None:
         self.active_rows.set(n)
+
+    def set_engine_process(self, process: str, up: bool, rss_bytes: int) -> None:
+        self.engine_up.labels(process=process).set(1 if up else 0)
+        self.engine_rss.labels(process=process).set(rss_bytes)
+
+    def record_engine_restart(self, role: str) -> None:
+        self.engine_restarts.labels(role=role).inc()
 
     def register_models(self, models: list[ModelInfo]) -> None:
         """Remember each model's kind, so caption token samples go to the token histogram."""

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
                     "picks the default model")
     device: Device = "auto"
     dtype: Dtype = "float32"
+    workers: int | Literal["auto"] = Field(
+        "auto", description="engine processes: auto = one per available core (CPU affinity "
+                            "and cgroup quota); 1 = the engine in the server's own process; "
+                            "N >= 2: N text engine processes and, for captioners, one of their "
+                            "own, behind this one front process and port (service/pool.py)")
     max_batch_size: int = Field(16, ge=1, le=4096, description="rows per engine step")
     max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000,
                                       description="how long the batcher waits to fill a batch")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).parent
+# The server default is one engine process per core; tests (and the servers they start) run
+# the engine in-process unless they ask for engine processes (`workers=2`, `--workers 2`).
+os.environ.setdefault("EESERVE_WORKERS", "1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -2,7 +2,8 @@
 
 The FastAPI app is `service.app.create_app`, unchanged; Ray builds it inside each replica
 (`serve.ingress` with a builder function), so the engine, its batching and its lifespan run per
-replica. Configuration comes from `EESERVE_*` variables (serve_config.yaml `runtime_env`).
+replica, with one engine process per CPU of the replica (`num_cpus` > 1; service/pool.py).
+Configuration comes from `EESERVE_*` variables (serve_config.yaml `runtime_env`).
 Batching stays in eeserve's engine (one batcher, not two): no `@serve.batch` here, and
 `max_ongoing_requests` is well above the engine's batch size so Ray does not starve it.
 """
@@ -26,9 +27,20 @@ def build_app() -> FastAPI:
     from service.app import create_app
     from service.settings import Settings
 
-    own = {} if "EESERVE_MAX_INFLIGHT_REQUESTS" in os.environ else \
+    own: dict[str, object] = {} if "EESERVE_MAX_INFLIGHT_REQUESTS" in os.environ else \
         {"max_inflight_requests": MAX_ONGOING}
+    if "EESERVE_WORKERS" not in os.environ:  # engine processes: the CPUs Ray gave the replica
+        own["workers"] = replica_cpus()
     return create_app(Settings(**own), sink=RayStatLogger())
+
+
+def replica_cpus() -> int:
+    """The replica's `num_cpus` (engine processes per replica: 1 = the engine in-process;
+    raise `num_cpus` for one engine process per CPU, as `eeserve serve --workers auto`)."""
+    import ray
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    return max(1, int(cpus))
 
 
 @serve.deployment(name="eeserve", max_ongoing_requests=MAX_ONGOING,

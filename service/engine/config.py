@@ -27,6 +27,9 @@ class ShadowConfig:
     adapt: bool = _default("adapt")
     adapt_step: float = _default("adapt_step")
     seed: int | None = None  # sampling seed (tests)
+    # engine processes (service/pool.py): "alone" judges its own checks; a "follower" sends
+    # its checks to the "judge" (through the front) and applies the judge's threshold changes
+    role: str = "alone"
 
     def rate_for(self, model: str) -> float:
         return dict(self.model_rates).get(model, self.rate)

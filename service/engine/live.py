@@ -112,6 +112,11 @@ class LiveAgreement:
 
     # ---- worker thread ----------------------------------------------------------------------
     def record(self, key: PolicyKey, policy: ExitPolicy, exit_layer: int, agreed: bool) -> None:
+        if self.cfg.role == "follower":  # the judge process keeps the windows of all traffic
+            forward = getattr(self.sink, "forward_observation", None)
+            if forward is not None:
+                forward((self.model, key, exit_layer, agreed))
+                return
         t = self.keys.get(key)
         if t is None:
             if len(self.keys) >= MAX_KEYS:
@@ -302,6 +307,16 @@ class LiveAgreement:
         record = getattr(self.sink, "record_retune", None)
         if record is not None:
             record(RetuneStats(self.model, t.label, k, direction, value, t.budget_shift))
+        forward = getattr(self.sink, "forward_threshold", None)
+        if self.cfg.role == "judge" and forward is not None:  # one decision, every process
+            forward((self.model, t.key, k, value))
+
+    def apply_threshold(self, policy: ExitPolicy, k: int, value: float | None) -> None:
+        """A follower: take the judge's threshold for exit `k` (any thread)."""
+        thresholds = getattr(policy, "thresholds", None)
+        if isinstance(thresholds, list) and 1 <= k <= len(thresholds):
+            with self._tune:
+                thresholds[k - 1] = value
 
     def _budget_shift(self, t: Tracked) -> float | None:
         """EENet: validation mean cost (fraction of full depth) now minus at the start."""

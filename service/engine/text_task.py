@@ -326,9 +326,10 @@ class TextTask(EngineLoop[RequestHandle, Chunk]):
             for e, r in zip(out.exited, results, strict=True):
                 h = e.row.handle
                 h.compute_s = max(h.compute_s, r.compute_ms / 1e3)
-                h.set_row(e.row.index, r)
+                # recorded before the answer can leave: a scrape after it counts the row
                 self.sink.record_sample(SampleStats(served.name, c.policy_name, e.layer,
                                                     served.num_exits, e.budget_forced))
+                h.set_row(e.row.index, r)
             # [shadow] answered already; sampled early rows may run on later, when idle
             self.shadow.capture(served, c, batch, out.exited, busy=self.pending_rows > 0)
         return [out.cohort] if out.cohort is not None else []

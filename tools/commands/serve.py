@@ -24,7 +24,7 @@ CAPTION_BUILD_S = 720  # features + stage 1 (<= 480 s) + stage 2 (<= 150 s) + lo
 
 # the settings `eeserve serve` takes as flags (--max-batch-size for max_batch_size, ...); every
 # other setting is an EESERVE_* variable. Types, choices, limits and help come from `Settings`.
-FLAGS = ("host", "port", "device", "dtype", "backend", "precision", "onnx_threads",
+FLAGS = ("host", "port", "workers", "device", "dtype", "backend", "precision", "onnx_threads",
          "max_batch_size", "max_queue_delay_ms", "queue_limit", "default_policy",
          "torch_threads")
 
@@ -41,7 +41,8 @@ def _flag_spec(name: str) -> dict[str, Any]:
                                     f"(default {field.default}; env EESERVE_{name.upper()})"}
     literal = [a for a in kinds if get_origin(a) is Literal]
     if literal:  # named in the help; Settings refuses other values in one line
-        spec["metavar"] = "{" + ",".join(map(str, get_args(literal[0]))) + "}"
+        count = ["N"] if int in kinds else []  # int | Literal["auto"]: a count or a word
+        spec["metavar"] = "{" + ",".join([*count, *map(str, get_args(literal[0]))]) + "}"
     elif kinds and kinds[0] in (int, float):
         spec["type"] = kinds[0]
     return spec

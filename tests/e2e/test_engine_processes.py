@@ -1,0 +1,88 @@
+"""`eeserve serve --workers 2` under a real uvicorn: one port, engine processes under it,
+SIGTERM drains them all, and none outlives the server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.e2e.server import start_server
+
+TEXTS = ["a great film", "dull and boring", "wonderful acting", "awful"] * 4
+
+
+def engine_pids(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"service.engine.process" in cmd:
+            out.append(pid)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text() if Path(f"/proc/{pid}/stat").exists() else ""
+    return bool(stat) and stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_sigterm_drains_every_engine_process(tiny_artifact: Path, tmp_path: Path) -> None:
+    s = start_server([tiny_artifact], tmp_path / "log", None, "--workers", "2",
+                     "--max-batch-size", "2")
+    engines = engine_pids(s.pids())
+    assert len(engines) == 2, s.log_tail()
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def call() -> None:
+        try:
+            r = httpx.post(f"{s.url}/v1/classify", json={"inputs": TEXTS, "policy": "none"},
+                           timeout=60)
+            out = str(r.status_code)
+        except httpx.ConnectError:
+            out = "not-accepted"
+        except httpx.HTTPError as e:
+            out = f"lost:{type(e).__name__}"
+        with lock:
+            outcomes.append(out)
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    s.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(90)
+    code = s.stop()
+    assert code in (0, -signal.SIGTERM), s.log_tail()
+    assert len(outcomes) == 8 and "200" in outcomes
+    assert all(o in ("200", "not-accepted", "503") for o in outcomes), outcomes
+    end = time.monotonic() + 10
+    while any(alive(p) for p in engines) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in engines), "an engine process outlived the server"
+
+
+def test_engine_processes_exit_when_the_front_is_killed(tiny_artifact: Path,
+                                                        tmp_path: Path) -> None:
+    s = start_server([tiny_artifact], tmp_path / "log", None, "--workers", "2")
+    engines = engine_pids(s.pids())
+    assert len(engines) == 2
+    r = httpx.post(f"{s.url}/v1/classify", json={"inputs": ["fine"]}, timeout=30)
+    assert r.status_code == 200
+    s.stop(signal.SIGKILL)
+    end = time.monotonic() + 15
+    while any(alive(p) for p in engines) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in engines), "orphaned engine processes"
