@@ -3,10 +3,11 @@
 Starts every target's server at once on 127.0.0.1 (idle ones use no CPU), then runs k6
 (bench/k6/closed_loop.js) against each target in turn, `--rounds` times with the order reversed
 every other round: `--vus` clients, one real test sentence per request (the artifact's
-eval_texts.jsonl, gold labels known), for `--duration` seconds. Per run: requests/s, p50/p99 of
-the answered requests, failures, accuracy of the answers, and the CPU the server's whole process
-tree used (cores busy, from /proc: worker processes counted). Medians over rounds; one JSON
-record with the machine, the commit and each target's backend, precision, threads and workers.
+eval_texts.jsonl, gold labels known), for `--duration` seconds. Per run: requests/s answered
+200 (`req_s`; `sent_s` counts refusals too), p50/p99 of the answered requests, failures,
+accuracy of the answers, and the CPU the server's whole process tree used (cores busy, from
+/proc: worker processes counted). Medians over rounds; one JSON record with the machine, the
+commit and each target's backend, precision, threads and workers.
 
 Targets (`SERVER[:POLICY]`; the policy is sent per request, none sent = the server's default):
 - `peer-onnx`: the ONNX Runtime peer (`python -m bench.peers.onnx --runtime onnx`: FastAPI +
@@ -131,9 +132,12 @@ def measure(server: Server, policy: str, texts: Path, args: argparse.Namespace,
     m = run_k6(K6_SCRIPT, env, summary, timeout=args.duration + 120)
     cores = (server.cpu_seconds() - cpu0) / (time.perf_counter() - t0)
     lat = m.get("ok_latency", {})
-    return {"req_s": m["http_reqs"]["rate"], "p50_ms": lat.get("med"),
+    sent, failed = m["http_reqs"]["count"], m.get("failed", {}).get("count", 0)
+    seconds = sent / m["http_reqs"]["rate"] if m["http_reqs"]["rate"] else float("inf")
+    return {"req_s": (sent - failed) / seconds,  # answered: refusals are not throughput
+            "p50_ms": lat.get("med"),
             "p99_ms": lat.get("p(99)"), "accuracy": m.get("correct", {}).get("value"),
-            "failed": m.get("failed", {}).get("count", 0), "server_cores": cores}
+            "failed": failed, "sent_s": sent / seconds, "server_cores": cores}
 
 
 def _line(label: str, d: dict[str, Any]) -> str:

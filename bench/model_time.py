@@ -59,10 +59,16 @@ class Config:
 
 
 def exit_loop(model: Any, policy: Any, enc: Encoded, clock: Clock) -> None:
-    """The engine's loop for one cohort (see service/engine/cohort.py)."""
+    """The engine's loop for one cohort (see service/engine/cohort.py), with its one-call path
+    for rows that cannot exit early (service/engine/one_call.py)."""
     from policies import enforce_last_exit
 
     t = time.perf_counter()
+    if policy.first_exit() >= model.num_exits and getattr(model, "has_whole", False):
+        model.run_whole(enc)  # as the engine does: no early exit possible, one call
+        clock.runtime += time.perf_counter() - t
+        clock.exits += [model.num_exits] * len(enc.lengths)
+        return
     batch = model.embed(enc)
     t1 = time.perf_counter()
     clock.runtime += t1 - t

@@ -23,16 +23,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from models.errors import ArtifactError
 from models.hashing import sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 LOGITS = "exit_logits.safetensors"
-
-
-class ArtifactError(ValueError):
-    """A missing, corrupt or mismatched artifact; the message is one line."""
 
 
 def _walk_files(root: Path) -> list[str]:

@@ -120,6 +120,23 @@ class OnnxTextModel:
         self._embed = open_session(graph_dir / "embed.onnx", self.options)
         self._layers = [open_session(graph_dir / f"layer_{k}.onnx", self.options)
                         for k in range(1, num_exits + 1)]
+        whole = graph_dir / "whole.onnx"  # absent in artifacts exported before it existed
+        self._whole = open_session(whole, self.options) if whole.exists() else None
+
+    @property
+    def has_whole(self) -> bool:
+        """Whether `run_whole` can answer in one call (the artifact has the whole graph)."""
+        return self._whole is not None
+
+    def run_whole(self, enc: Encoded) -> torch.Tensor:
+        """The last exit's logits (B, C) in one graph call: embeddings, every layer, the last
+        head (no intermediate head runs). For rows no policy may let out early."""
+        if self._whole is None:
+            raise ValueError("this artifact has no whole-model graph; re-export it")
+        ids = enc.input_ids.numpy()  # (B, T) int64
+        mask = enc.attention_mask.numpy().astype(np.int64, copy=False)  # (B, T)
+        (logits,) = self._whole.run(None, {"input_ids": ids, "mask": mask})  # (B, C)
+        return torch.from_numpy(logits)
 
     @property
     def num_exits(self) -> int:

@@ -22,11 +22,9 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
+from policies.errors import PolicyError
+
 S = TypeVar("S", bound="PolicyState")
-
-
-class PolicyError(ValueError):
-    """Bad policy name, parameter or input; the message names the offending value."""
 
 
 @dataclass(frozen=True)

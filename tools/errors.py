@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from models.artifact import ArtifactError
-from models.build.data import DataError
-from policies.base import PolicyError
+from models.errors import ArtifactError, DataError  # torch-free: `eeserve serve`'s front
+from policies.errors import PolicyError  # process imports no torch
 
 
 class CliError(Exception):

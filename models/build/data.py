@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.errors import DataError
 from models.hashing import sha256_file
 
 VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
@@ -29,10 +30,6 @@ VADER_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9
 VADER_INNER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
 VADER_FILE = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
 SPLIT_SEED = 13
-
-
-class DataError(ValueError):
-    """Bad or unusable data; the message is one line meant for the user."""
 
 
 def data_dir() -> Path:

@@ -134,11 +134,25 @@ def check_parity(root: Path, loaded: Any, texts: EvalTexts, precision: str,
     final = float((ref[:, -1].argmax(-1) == got[:, -1].argmax(-1)).double().mean())
     report: dict[str, Any] = {"rows": texts.rows, "texts": texts.source, "max_abs_diff": diff,
                               "atol": PARITY_ATOL, "final_agreement": final}
+    if onnx.has_whole:  # the one-call graph against the torch last exit
+        whole = whole_logits(onnx, texts.texts)  # (N, C)
+        report["whole_max_abs_diff"] = float((ref[:, -1] - whole).abs().max())
+        report["whole_final_agreement"] = float(
+            (ref[:, -1].argmax(-1) == whole.argmax(-1)).double().mean())
+        diff = max(diff, report["whole_max_abs_diff"])
     if precision == "fp32":
         mismatches = policy_check(loaded.manifest, ref, got) if policy_check else {}
         report["policy_mismatches"] = mismatches
         report["passed"] = diff <= PARITY_ATOL and not any(mismatches.values())
     return report
+
+
+@torch.inference_mode()
+def whole_logits(model: OnnxTextModel, texts: list[str], batch_size: int = 32) -> torch.Tensor:
+    """The whole-model graph's logits (N, C), batched like `all_logits`."""
+    out = [model.run_whole(model.encode(texts[i:i + batch_size]))
+           for i in range(0, len(texts), batch_size)]
+    return torch.cat(out) if out else torch.empty(0)
 
 
 @torch.inference_mode()

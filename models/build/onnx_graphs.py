@@ -64,8 +64,13 @@ def eager_attention(model: MultiExitTextClassifier) -> None:
         backbone.config._attn_implementation = "eager"
 
 
+WHOLE_GRAPH = "whole.onnx"  # input_ids, mask -> logits of the last exit (rows that cannot
+# exit early run it in one call: service/engine/text_task.py)
+
+
 def export_graphs(model: MultiExitTextClassifier, out_dir: str) -> list[str]:
-    """Write embed.onnx and layer_{k}.onnx for k = 1..L into `out_dir`; returns the file names."""
+    """Write embed.onnx, layer_{k}.onnx for k = 1..L and whole.onnx into `out_dir`; returns
+    the file names."""
     import os
 
     os.makedirs(out_dir, exist_ok=True)
@@ -88,7 +93,8 @@ def export_graphs(model: MultiExitTextClassifier, out_dir: str) -> list[str]:
                     {"hidden": {0: "batch", 1: "seq"}, "mask": {0: "batch", 1: "seq"},
                      "hidden_out": {0: "batch", 1: "seq"}, "logits": {0: "batch"}})
             names.append(name)
-    return names
+    export_whole(model, os.path.join(out_dir, WHOLE_GRAPH))  # full depth in one call
+    return [*names, WHOLE_GRAPH]
 
 
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: str, inputs: list[str],

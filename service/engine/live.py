@@ -115,7 +115,7 @@ class LiveAgreement:
         if self.cfg.role == "follower":  # the judge process keeps the windows of all traffic
             forward = getattr(self.sink, "forward_observation", None)
             if forward is not None:
-                forward((self.model, key, exit_layer, agreed))
+                forward((self.model, (key.name, key.params), exit_layer, agreed))
                 return
         t = self.keys.get(key)
         if t is None:
@@ -309,7 +309,7 @@ class LiveAgreement:
             record(RetuneStats(self.model, t.label, k, direction, value, t.budget_shift))
         forward = getattr(self.sink, "forward_threshold", None)
         if self.cfg.role == "judge" and forward is not None:  # one decision, every process
-            forward((self.model, t.key, k, value))
+            forward((self.model, (t.key.name, t.key.params), k, value))
 
     def apply_threshold(self, policy: ExitPolicy, k: int, value: float | None) -> None:
         """A follower: take the judge's threshold for exit `k` (any thread)."""

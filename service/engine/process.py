@@ -99,11 +99,13 @@ class ForwardingSink:
     def record_retune(self, s: RetuneStats) -> None:
         self._add("record_retune", s)
 
-    def forward_observation(self, obs: tuple[str, PolicyKey, int, bool]) -> None:
+    # plain tuples on the wire (the front imports nothing of the engine): (model, (policy name,
+    # params), exit, agreed or threshold)
+    def forward_observation(self, obs: tuple[str, tuple[str, Any], int, bool]) -> None:
         """A follower's shadow check, for the judge process (service/engine/live.py)."""
         self._add("forward_observation", obs)
 
-    def forward_threshold(self, change: tuple[str, PolicyKey, int, float | None]) -> None:
+    def forward_threshold(self, change: tuple[str, tuple[str, Any], int, float | None]) -> None:
         """The judge's threshold change, for every other process."""
         self._add("forward_threshold", change)
 
@@ -157,9 +159,10 @@ class EngineServer:
         finally:
             ticker.cancel()
 
-    def _shadow(self, kind: str, items: list[tuple[str, PolicyKey, int, Any]]) -> None:
+    def _shadow(self, kind: str, items: list[tuple[str, tuple[str, Any], int, Any]]) -> None:
         """The judge: other processes' shadow checks; a follower: the judge's thresholds."""
-        for model, key, k, value in items:
+        for model, (name, params), k, value in items:
+            key = PolicyKey(name, params)
             served = self.engine.served.get(model)
             if served is None or served.live is None:
                 continue

@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import torch
 
@@ -39,6 +39,7 @@ from service.engine.cohort import (
 from service.engine.config import EngineConfig
 from service.engine.handles import RequestHandle, now
 from service.engine.loop import EngineLoop, RowGauges
+from service.engine.one_call import AtLastExit, join_encoded, one_call
 from service.engine.served import ServedModel
 from service.engine.shadow import ShadowRunner
 from service.protocol import DeadlineExceeded, InternalError
@@ -210,9 +211,28 @@ class TextTask(EngineLoop[RequestHandle, Chunk]):
         for (model_name, _), group in groups.items():
             served = self.models[model_name]
             try:
-                self.cohorts.append(self._cohort(served, group))
+                first = group[0].handle
+                if one_call(served, first.policy_obj, [c.handle for c in group]):
+                    self._answer_in_one_call(served, group)
+                else:
+                    self.cohorts.append(self._cohort(served, group))
             except Exception as e:  # noqa: BLE001 -- fail these requests, keep serving
                 self._fail([c.handle for c in group], e)
+
+    def _answer_in_one_call(self, served: ServedModel, group: list[Chunk]) -> None:
+        """Rows that must reach the last exit: the whole model in one call (one_call.py)."""
+        t = self.clock()
+        enc = join_encoded([_slice(c.handle.encoded, c.start, c.stop) for c in group])
+        rows = [Row(c.handle, i, t, None, None) for c in group for i in range(c.start, c.stop)]
+        logits = served.text_model.run_whole(enc)  # type: ignore[attr-defined]  # (B, C)
+        seconds, k = self.clock() - t, served.num_exits
+        for layer in range(1, k + 1):  # the layers computed, as the layer-by-layer path counts
+            self.sink.record_iteration(IterationStats(served.name, len(rows), layer, seconds / k))
+        batch = cast(MergeableBatch, AtLastExit(k, len(rows)))
+        first = group[0].handle
+        cohort = Cohort.start(served.name, first.policy.name, first.policy_obj, batch, rows,
+                              getattr(served.model, "device", "cpu"))
+        self._update(served, cohort, logits, batch)
 
     def _cohort(self, served: ServedModel, group: list[Chunk]) -> Cohort:
         t = self.clock()

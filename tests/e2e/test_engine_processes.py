@@ -74,6 +74,28 @@ def test_sigterm_drains_every_engine_process(tiny_artifact: Path, tmp_path: Path
     assert not any(alive(p) for p in engines), "an engine process outlived the server"
 
 
+def test_the_front_loads_no_torch(tiny_artifact: Path, tmp_path: Path) -> None:
+    """The front only relays plain records: after answers, shadow checks (relayed between
+    engine processes) and scrapes, torch is mapped in the engine processes, not in the front."""
+    s = start_server([tiny_artifact], tmp_path / "log", None, "--workers", "2")
+    try:
+        body = {"inputs": ["fine", "dull"], "policy": "maxprob", "params": {"threshold": 0.0},
+                "shadow": True}
+        for _ in range(10):
+            assert httpx.post(f"{s.url}/v1/classify", json=body, timeout=30).status_code == 200
+        assert httpx.get(f"{s.url}/v1/models", timeout=30).status_code == 200
+        assert "eeserve_engine_process_up" in httpx.get(f"{s.url}/metrics", timeout=30).text
+        time.sleep(1.0)  # state and stats frames after the answers
+
+        def maps(pid: int) -> str:
+            return Path(f"/proc/{pid}/maps").read_text()
+
+        assert "libtorch" not in maps(s.proc.pid)
+        assert all("libtorch" in maps(p) for p in engine_pids(s.pids()))
+    finally:
+        s.stop()
+
+
 def test_engine_processes_exit_when_the_front_is_killed(tiny_artifact: Path,
                                                         tmp_path: Path) -> None:
     s = start_server([tiny_artifact], tmp_path / "log", None, "--workers", "2")

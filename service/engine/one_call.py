@@ -1,0 +1,57 @@
+"""Rows no policy may let out early run the whole model in one runtime call.
+
+A cohort whose policy cannot exit before the last layer (`first_exit() >= K`: `none`, `static`
+at K), with no row asking for a trace or carrying a latency budget, would otherwise take K+1
+calls (embeddings, then one graph per layer) where the model offers one (`run_whole`: the ONNX
+backend's `whole.onnx`, models/onnx_backend.py). The text task answers such rows at admission:
+the same `update` as any step at the last exit, so the last-exit rule, results, metrics and
+shadow bookkeeping are the usual ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from models.base import Encoded
+from service.engine.served import ServedModel
+
+
+@dataclass(frozen=True)
+class AtLastExit:
+    """Stands for the rows' batch after the last layer: nothing steps it again (every row
+    leaves at the last exit), so it holds no hidden states."""
+
+    layer: int
+    rows: int
+
+    def __len__(self) -> int:
+        return self.rows
+
+
+def one_call(served: ServedModel, policy: Any, handles: Sequence[Any]) -> bool:
+    """Whether these rows take the one-call path on this model."""
+    model = served.text_model
+    if not getattr(model, "has_whole", False):
+        return False
+    if int(policy.first_exit()) < served.num_exits:
+        return False
+    return not any(h.return_trace or h.budget_s is not None for h in handles)
+
+
+def join_encoded(parts: Sequence[Encoded]) -> Encoded:
+    """Token batches as one, right-padded to the longest (mask 0 on the padding)."""
+    if len(parts) == 1:
+        return parts[0]
+    t = max(int(p.input_ids.shape[1]) for p in parts)
+
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, t - int(x.shape[1])))  # (B_i, t)
+
+    return Encoded(torch.cat([pad(p.input_ids) for p in parts]),  # (sum B_i, t)
+                   torch.cat([pad(p.attention_mask) for p in parts]),
+                   [n for p in parts for n in p.lengths],
+                   [x for p in parts for x in p.truncated])
