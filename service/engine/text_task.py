@@ -39,7 +39,7 @@ from service.engine.cohort import (
 from service.engine.config import EngineConfig
 from service.engine.handles import RequestHandle, now
 from service.engine.loop import EngineLoop, RowGauges
-from service.engine.one_call import AtLastExit, join_encoded, one_call
+from service.engine.one_call import TokenRows, join_encoded, one_call, whole_group
 from service.engine.served import ServedModel
 from service.engine.shadow import ShadowRunner
 from service.protocol import DeadlineExceeded, InternalError
@@ -66,6 +66,7 @@ class Job:
     served: ServedModel
     cohorts: list[Cohort]
     head: bool
+    whole: bool = False  # token cohorts through every layer in one call (one_call.py)
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class Called:
 def _call(job: Job, clock: Callable[[], float] = now) -> Called:
     """Run one layer for a job's cohorts (any thread: no engine state is touched)."""
     t0 = clock()
-    fn = run_group if job.head else advance_group
+    fn = whole_group if job.whole else run_group if job.head else advance_group
     try:
         model = job.served.text_model  # a text model (checked when queued)
         return Called(fn(model, job.cohorts), None, clock() - t0)
@@ -211,38 +212,26 @@ class TextTask(EngineLoop[RequestHandle, Chunk]):
         for (model_name, _), group in groups.items():
             served = self.models[model_name]
             try:
-                first = group[0].handle
-                if one_call(served, first.policy_obj, [c.handle for c in group]):
-                    self._answer_in_one_call(served, group)
-                else:
-                    self.cohorts.append(self._cohort(served, group))
+                self.cohorts.append(self._cohort(served, group))
             except Exception as e:  # noqa: BLE001 -- fail these requests, keep serving
                 self._fail([c.handle for c in group], e)
 
-    def _answer_in_one_call(self, served: ServedModel, group: list[Chunk]) -> None:
-        """Rows that must reach the last exit: the whole model in one call (one_call.py)."""
-        t = self.clock()
-        enc = join_encoded([_slice(c.handle.encoded, c.start, c.stop) for c in group])
-        rows = [Row(c.handle, i, t, None, None) for c in group for i in range(c.start, c.stop)]
-        logits = served.text_model.run_whole(enc)  # type: ignore[attr-defined]  # (B, C)
-        seconds, k = self.clock() - t, served.num_exits
-        for layer in range(1, k + 1):  # the layers computed, as the layer-by-layer path counts
-            self.sink.record_iteration(IterationStats(served.name, len(rows), layer, seconds / k))
-        batch = cast(MergeableBatch, AtLastExit(k, len(rows)))
-        first = group[0].handle
-        cohort = Cohort.start(served.name, first.policy.name, first.policy_obj, batch, rows,
-                              getattr(served.model, "device", "cpu"))
-        self._update(served, cohort, logits, batch)
-
     def _cohort(self, served: ServedModel, group: list[Chunk]) -> Cohort:
+        """Admitted rows at layer 0: embedded, or as tokens when they take one call
+        (one_call.py)."""
         t = self.clock()
-        batches, rows = [], []
+        rows = []
         for c in group:
-            batches.append(served.text_model.embed(_slice(c.handle.encoded, c.start, c.stop)))
             h = c.handle
             rows += [Row(h, i, t, h.budget_end(t), [] if h.return_trace else None)
                      for i in range(c.start, c.stop)]
-        batch = batches[0] if len(batches) == 1 else concatenate(batches)
+        slices = [_slice(c.handle.encoded, c.start, c.stop) for c in group]
+        batch: MergeableBatch
+        if one_call(served, group[0].handle.policy_obj, [c.handle for c in group]):
+            batch = cast(MergeableBatch, TokenRows(join_encoded(slices)))
+        else:
+            batches = [served.text_model.embed(e) for e in slices]
+            batch = batches[0] if len(batches) == 1 else concatenate(batches)
         first = group[0].handle
         return Cohort.start(served.name, first.policy.name, first.policy_obj, batch, rows,
                             getattr(served.model, "device", "cpu"))
@@ -250,7 +239,7 @@ class TextTask(EngineLoop[RequestHandle, Chunk]):
     def _run_round(self) -> None:
         self._drop_finished()
         self.round_rows = self.active_rows()
-        groups: dict[tuple[str, int, bool], list[Cohort]] = defaultdict(list)
+        groups: dict[tuple[str, int, str], list[Cohort]] = defaultdict(list)
         survivors: list[Cohort] = []
         for c in self.cohorts:
             if not self._runs_now(c):
@@ -258,9 +247,11 @@ class TextTask(EngineLoop[RequestHandle, Chunk]):
                 survivors.append(c)
                 continue
             c.skipped = 0
-            head = c.needs_head(self.models[c.model].num_exits)
-            groups[(c.model, c.layer, head)].append(c)
-        jobs = [Job(self.models[name], part, head) for (name, _, head), cohorts in groups.items()
+            kind = "whole" if isinstance(c.batch, TokenRows) else \
+                "head" if c.needs_head(self.models[c.model].num_exits) else "advance"
+            groups[(c.model, c.layer, kind)].append(c)
+        jobs = [Job(self.models[name], part, kind != "advance", kind == "whole")
+                for (name, _, kind), cohorts in groups.items()
                 for part in _cap(cohorts, self.row_cap)]
         for job, called in zip(jobs, self._call_all(jobs), strict=True):
             ran = self._finish(job, called)
@@ -320,9 +311,11 @@ class TextTask(EngineLoop[RequestHandle, Chunk]):
         if called.error is not None:
             self._fail([r.handle for c in job.cohorts for r in c.rows], called.error)
             return Ran(None, [])
-        self.sink.record_iteration(IterationStats(job.served.name,
-                                                  sum(len(c) for c in job.cohorts),
-                                                  job.cohorts[0].layer + 1, called.seconds))
+        rows, first = sum(len(c) for c in job.cohorts), job.cohorts[0].layer + 1
+        last = job.served.num_exits if job.whole else first
+        for k in range(first, last + 1):  # a one-call job counts as the layers it computed
+            self.sink.record_iteration(IterationStats(job.served.name, rows, k,
+                                                      called.seconds / (last - first + 1)))
         return Ran(called.value, [])
 
     def _after_step(self, served: ServedModel, cohorts: list[Cohort],
@@ -381,9 +374,9 @@ class TextTask(EngineLoop[RequestHandle, Chunk]):
 def _merge(cohorts: list[Cohort], cap: int) -> list[Cohort]:
     """Join cohorts of the same model and policy that reached the same layer (at most `cap`
     rows per cohort, so a batch split after an out-of-memory error stays split)."""
-    by_key: dict[tuple[str, int, int], list[Cohort]] = defaultdict(list)
-    for c in cohorts:
-        by_key[(c.model, c.layer, id(c.policy))].append(c)
+    by_key: dict[tuple[str, int, int, type], list[Cohort]] = defaultdict(list)
+    for c in cohorts:  # token cohorts (one_call.py) merge only with each other
+        by_key[(c.model, c.layer, id(c.policy), type(c.batch))].append(c)
     out = []
     for same in by_key.values():
         for group in _cap(same, cap):

@@ -164,7 +164,8 @@ async def test_out_of_memory_retries_with_smaller_batches(engine: InProcessEngin
         return real_step(batch, k)
 
     monkeypatch.setattr(model, "step", tight)
-    out = await engine.classify(ClassifyRequest(texts=TEXTS[:4], policy="none"))
+    out = await engine.classify(ClassifyRequest(texts=TEXTS[:4], policy="none",
+                                                return_trace=True))  # the layer path
     assert [r.exit_layer for r in out] == [3, 3, 3, 3]
     assert engine.text_task is not None and engine.text_task.row_cap <= 2
 
@@ -201,9 +202,19 @@ async def test_heads_are_skipped_where_no_exit_is_possible(engine: InProcessEngi
     monkeypatch.setattr(model, "step", lambda b, k: calls.append(("step", k)) or real_step(b, k))
     monkeypatch.setattr(model, "advance",
                         lambda b, k: calls.append(("advance", k)) or real_advance(b, k))
+    out = await engine.classify(ClassifyRequest(texts=TEXTS[:2], policy="none",
+                                                return_trace=True))
+    assert [r.exit_layer for r in out] == [3, 3]
+    assert calls == [("step", 1), ("step", 2), ("step", 3)]  # a trace needs every head
+    calls.clear()
+    if getattr(model, "has_whole", False):  # onnx: rows that cannot exit early, one call
+        real_whole = model.run_whole
+        monkeypatch.setattr(model, "run_whole",
+                            lambda enc: calls.append(("whole", 3)) or real_whole(enc))
     out = await engine.classify(ClassifyRequest(texts=TEXTS[:2], policy="none"))
     assert [r.exit_layer for r in out] == [3, 3]
-    assert calls == [("advance", 1), ("advance", 2), ("step", 3)]
+    assert calls == ([("whole", 3)] if getattr(model, "has_whole", False) else
+                     [("advance", 1), ("advance", 2), ("step", 3)])
     calls.clear()
     await engine.classify(ClassifyRequest(texts=TEXTS[:2], policy="static",
                                           params={"layer": 2}))
@@ -231,7 +242,7 @@ async def test_catch_up_merges_a_younger_cohort_into_an_older_one(tiny_artifact:
             h = RequestHandle(model=served.name, policy=key, policy_obj=served.policy(key),
                               encoded=served.model.encode(texts), future=loop.create_future(),
                               loop=loop, request_id="r", arrival=0.0, deadline=1e18,
-                              budget_s=None, return_trace=False)
+                              budget_s=None, return_trace=True)  # the layer path
             sched.reserve(len(texts))
             sched.submit(h)
             return h
