@@ -252,7 +252,7 @@ class TextTask(EngineLoop[RequestHandle, Chunk]):
             groups[(c.model, c.layer, kind)].append(c)
         jobs = [Job(self.models[name], part, kind != "advance", kind == "whole")
                 for (name, _, kind), cohorts in groups.items()
-                for part in _cap(cohorts, self.row_cap)]
+                for part in self._parts(cohorts, kind == "whole")]
         for job, called in zip(jobs, self._call_all(jobs), strict=True):
             ran = self._finish(job, called)
             if ran.value is None:
@@ -262,6 +262,16 @@ class TextTask(EngineLoop[RequestHandle, Chunk]):
             else:
                 survivors.extend(c.stepped(b) for c, b in zip(job.cohorts, ran.value, strict=True))
         self.cohorts = _merge(survivors, self.row_cap)
+
+    def _parts(self, cohorts: list[Cohort], whole: bool) -> list[list[Cohort]]:
+        """A group's model calls: at most `row_cap` rows each; a one-call group is cut into
+        `parallel_steps` calls, so that on its own it still keeps the step pool's threads busy
+        (the layer path gets that from cohorts at different layers)."""
+        if whole and self.pool is not None:
+            rows = sum(len(c) for c in cohorts)
+            cap = max(1, min(self.row_cap, -(-rows // self.cfg.parallel_steps)))
+            return [[piece] for c in cohorts for piece in c.split(cap)]
+        return _cap(cohorts, self.row_cap)
 
     def _drop_finished(self) -> None:
         """Rows of cancelled, failed or expired requests leave before the next layer runs
