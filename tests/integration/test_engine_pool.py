@@ -186,3 +186,21 @@ def test_shadow_checks_of_every_process_meet_in_one_window(client: TestClient) -
     assert exits.get("1", {}).get("checks") == 48, exits
     checks = metric(client, "eeserve_shadow_checks_total", exit="1")
     assert checks >= 48
+
+
+async def test_a_model_built_while_serving_starts_its_engine_processes(tiny_artifact: Path) -> None:
+    """`make run` on a first start: no model yet, then the built one is added."""
+    from service.metrics import PrometheusStatLogger
+    from service.protocol import ClassifyRequest
+
+    pool = EnginePool(Settings(models=[], workers=2, device="cpu", log_json=False),
+                      PrometheusStatLogger(), 2)
+    await pool.start()
+    try:
+        assert not pool.ready() and pool.models() == []
+        await pool.add_model(str(tiny_artifact))
+        assert pool.ready() and len(pool.pids()) == 2
+        out = await pool.classify(ClassifyRequest(texts=["fine"], policy="beem"))
+        assert out[0].label in ("negative", "positive")
+    finally:
+        await pool.shutdown(5)
