@@ -30,7 +30,7 @@ def test_compare_record_names_every_target_and_measures_answers(tiny_artifact: P
 
 
 def test_unknown_server_is_refused_with_the_known_names(tiny_artifact: Path) -> None:
-    with pytest.raises(SystemExit, match="unknown server 'onnx3'.*peer-onnx-wN"):
+    with pytest.raises(SystemExit, match="unknown server 'onnx3'.*-wN for N worker"):
         compare.main([str(tiny_artifact), "--targets", "onnx3:beem"])
 
 

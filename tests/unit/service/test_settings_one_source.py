@@ -55,7 +55,8 @@ def test_each_flag_takes_its_type_and_choices_from_settings(name: str) -> None:
     options = [ann, *get_args(ann)]  # X or X | None
     literal = next((o for o in options if get_origin(o) is Literal), None)
     if literal is not None:
-        assert action.metavar == "{" + ",".join(get_args(literal)) + "}"
+        count = ["N"] if int in options else []  # int | Literal["auto"]: a count or a word
+        assert action.metavar == "{" + ",".join([*count, *get_args(literal)]) + "}"
     elif int in options or float in options:
         assert action.type in (int, float)
     assert f"EESERVE_{name.upper()}" in (action.help or "")
