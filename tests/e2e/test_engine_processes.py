@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.e2e.server import start_server
+from tests.e2e.server import sigterm_during_load, start_server
 
 TEXTS = ["a great film", "dull and boring", "wonderful acting", "awful"] * 4
 
@@ -42,28 +41,7 @@ def test_sigterm_drains_every_engine_process(tiny_artifact: Path, tmp_path: Path
                      "--max-batch-size", "2")
     engines = engine_pids(s.pids())
     assert len(engines) == 2, s.log_tail()
-    outcomes: list[str] = []
-    lock = threading.Lock()
-
-    def call() -> None:
-        try:
-            r = httpx.post(f"{s.url}/v1/classify", json={"inputs": TEXTS, "policy": "none"},
-                           timeout=60)
-            out = str(r.status_code)
-        except httpx.ConnectError:
-            out = "not-accepted"
-        except httpx.HTTPError as e:
-            out = f"lost:{type(e).__name__}"
-        with lock:
-            outcomes.append(out)
-
-    threads = [threading.Thread(target=call) for _ in range(8)]
-    for t in threads:
-        t.start()
-    time.sleep(0.5)
-    s.proc.send_signal(signal.SIGTERM)
-    for t in threads:
-        t.join(90)
+    outcomes = sigterm_during_load(s, TEXTS)
     code = s.stop()
     assert code in (0, -signal.SIGTERM), s.log_tail()
     assert len(outcomes) == 8 and "200" in outcomes

@@ -6,42 +6,20 @@ import json
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.server import Server, start_server
+from tests.e2e.server import Server, sigterm_during_load, start_server
 
 TEXTS = ["a great film", "dull and boring", "wonderful acting", "awful"] * 4
 
 
 def test_sigterm_answers_every_accepted_request(tiny_artifact: Path, tmp_path: Path) -> None:
     s = start_server([tiny_artifact], tmp_path / "log", None, "--max-batch-size", "2")
-    outcomes: list[str] = []
-    lock = threading.Lock()
-
-    def call() -> None:
-        try:
-            r = httpx.post(f"{s.url}/v1/classify", json={"inputs": TEXTS, "policy": "none"},
-                           timeout=60)
-            out = str(r.status_code)
-        except httpx.ConnectError:
-            out = "not-accepted"
-        except httpx.HTTPError as e:
-            out = f"lost:{type(e).__name__}"
-        with lock:
-            outcomes.append(out)
-
-    threads = [threading.Thread(target=call) for _ in range(8)]
-    for t in threads:
-        t.start()
-    time.sleep(0.5)
-    s.proc.send_signal(signal.SIGTERM)
-    for t in threads:
-        t.join(90)
+    outcomes = sigterm_during_load(s, TEXTS)
     code = s.stop()
     # uvicorn re-raises the SIGTERM it handled once shutdown is complete
     assert code in (0, -signal.SIGTERM), s.log.read_text()[-2000:]
