@@ -118,25 +118,38 @@ def main_mb(server: Server, key: str = "VmRSS") -> float:
     return proc_status_mb(server.proc.pid, key)
 
 
+def process_name(pid: int) -> str:
+    """An engine process's `--name` (text-0, caption-0, ...), else "server" (the front, or the
+    one process of `--workers 1`); a build subprocess is "build"."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "gone"
+    if b"--name" in argv[:-1]:
+        return argv[argv.index(b"--name") + 1].decode(errors="replace")
+    return "build" if b"tools.build_worker" in argv else "server"
+
+
 def process_sample(server: Server) -> dict[str, Any]:
-    """RSS (MiB), open files and threads of every process of the server's tree, with totals."""
+    """RSS (MiB), open files and threads of every process of the server's tree, with totals
+    and each pid's name (`process_name`)."""
     rss = {p: round(mb, 1) for p, mb in server.rss_mb().items() if mb == mb}  # nan: gone
     fds = {p: n for p in rss if (n := open_fds(p)) is not None}
     thr = {p: n for p in rss if (n := threads(p)) is not None}
     return {"processes": len(rss), "rss_mb": round(sum(rss.values()), 1),
             "fds": sum(fds.values()), "threads": sum(thr.values()),
-            "rss_mb_by_pid": rss, "fds_by_pid": fds, "threads_by_pid": thr}
+            "rss_mb_by_pid": rss, "fds_by_pid": fds, "threads_by_pid": thr,
+            "names_by_pid": {p: process_name(p) for p in rss}}
 
 
 # ---- load -------------------------------------------------------------------------------------
-async def post_classify(client: httpx.AsyncClient, url: str, body: dict[str, Any],
-                        timeout: float) -> tuple[str, float]:
-    """One /v1/classify: its status ("hung" on a client timeout, "lost:Error" on a transport
-    error) and the client-side milliseconds."""
+async def post(client: httpx.AsyncClient, url: str, path: str, body: dict[str, Any],
+               timeout: float) -> tuple[str, float]:
+    """One POST of `body` to `url+path`: its status ("hung" on a client timeout, "lost:Error"
+    on a transport error) and the client-side milliseconds."""
     t0 = time.perf_counter()
     try:
-        status = str((await client.post(f"{url}/v1/classify", json=body,
-                                        timeout=timeout)).status_code)
+        status = str((await client.post(url + path, json=body, timeout=timeout)).status_code)
     except httpx.TimeoutException:
         status = "hung"
     except httpx.HTTPError as e:
@@ -144,18 +157,27 @@ async def post_classify(client: httpx.AsyncClient, url: str, body: dict[str, Any
     return status, (time.perf_counter() - t0) * 1e3
 
 
+async def post_classify(client: httpx.AsyncClient, url: str, body: dict[str, Any],
+                        timeout: float) -> tuple[str, float]:
+    """One /v1/classify (see `post`)."""
+    return await post(client, url, "/v1/classify", body, timeout)
+
+
 async def capacity(client: httpx.AsyncClient, url: str, policy: str, conc: int,
-                   seconds: float) -> float:
-    """Closed loop with `conc` clients for `seconds`: answered 200s per second."""
+                   seconds: float, path: str = "/v1/classify",
+                   bodies: Sequence[dict[str, Any]] | None = None) -> float:
+    """Closed loop with `conc` clients for `seconds`: answered 200s per second. `bodies`
+    (sent in turn) default to the six sentences at `policy`."""
+    sent = bodies or [{"inputs": s, "policy": policy} for s in SENTENCES]
     end = time.perf_counter() + seconds
     done = 0
 
     async def worker(i: int) -> None:
         nonlocal done
         while time.perf_counter() < end:
-            s, _ = await post_classify(client, url, {"inputs": SENTENCES[i % 6],
-                                                     "policy": policy}, 30)
+            s, _ = await post(client, url, path, sent[i % len(sent)], 30)
             done += s == "200"
+            i += conc
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(conc)))
