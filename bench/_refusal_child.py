@@ -6,7 +6,8 @@ file imports nothing from `bench`, which an older checkout does not have. The AS
 in-process, no sockets (uvicorn's own per-request cost is not in it), on
 tests/integration/fake_engine.py's FakeEngine (a torch-free test double of the engine protocol,
 deterministic answers) and on the same double reporting a full queue (every request refused).
-Prints one JSON line: refused_us, refused_status, answered_us, answered_status, service.
+Prints one JSON line: refused_us, refused_status, answered_us, answered_status (/v1/classify),
+answered_v2_us, answered_v2_status (/v2 infer), service.
 """
 
 from __future__ import annotations
@@ -38,13 +39,21 @@ class FullQueue(FakeEngine):
         return EngineStatus(queue_depth=10**6, active_rows=16, loaded_models=1)
 
 
-async def per_request_us(engine: FakeEngine, n: int) -> tuple[float, int]:
+V1 = ("/v1/classify", {"inputs": "a fine film", "policy": "beem"})
+V2 = ("/v2/models/fake/infer", {"inputs": [{"name": "TEXT", "shape": [1], "datatype": "BYTES",
+                                            "data": ["a fine film"]}],
+                                "parameters": {"policy": "beem"}})
+
+
+async def per_request_us(engine: FakeEngine, n: int,
+                         route: tuple[str, dict[str, Any]] = V1) -> tuple[float, int]:
     """Median over 5 blocks of process CPU microseconds per request, and the last status."""
     app = create_app(Settings(log_json=True, shed_hold_ms=0), engine=engine)  # CPU, not the hold
-    body = json.dumps({"inputs": "a fine film", "policy": "beem"}).encode()
+    path, payload = route
+    body = json.dumps(payload).encode()
     scope: dict[str, Any] = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/v1/classify", "raw_path": b"/v1/classify",
+        "scheme": "http", "path": path, "raw_path": path.encode(),
         "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 2), "headers": [
             (b"host", b"x"), (b"content-type", b"application/json"),
@@ -92,8 +101,10 @@ def main() -> int:
         logging.config.dictConfig(cfg)
         refused = asyncio.run(per_request_us(FullQueue(), args.requests))
         answered = asyncio.run(per_request_us(FakeEngine(), args.requests))
+        oip = asyncio.run(per_request_us(FakeEngine(), args.requests, V2))
     print(json.dumps({"refused_us": round(refused[0], 1), "refused_status": refused[1],
                       "answered_us": round(answered[0], 1), "answered_status": answered[1],
+                      "answered_v2_us": round(oip[0], 1), "answered_v2_status": oip[1],
                       "service": str(Path(service.__file__).parent)}), flush=True)
     return 0
 

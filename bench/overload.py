@@ -483,11 +483,11 @@ def refusal_cost(args: argparse.Namespace) -> int:
             runs[tree.name].append(res)
             print(f"round {r} {tree.name}: " + json.dumps(
                 {k: v for k, v in res.items() if k != "service"}), flush=True)
-    med = {n: {k: statistics.median(x[k] for x in rs) for k in ("refused_us", "answered_us")}
-           for n, rs in runs.items()}
+    keys = ("refused_us", "answered_us", "answered_v2_us")
+    med = {n: {k: statistics.median(x[k] for x in rs) for k in keys} for n, rs in runs.items()}
     for n, m in med.items():
-        print(f"{n}: refused {m['refused_us']:.1f} µs, answered {m['answered_us']:.1f} µs "
-              f"(median of {len(runs[n])})")
+        print(f"{n}: refused {m['refused_us']:.1f} µs, answered /v1 {m['answered_us']:.1f} µs, "
+              f"/v2 {m['answered_v2_us']:.1f} µs (median of {len(runs[n])})")
     record("overload.refusal_cost", args.json, {"medians": med, "runs": runs},
            backend="engine test double (tests/integration/fake_engine.py)", precision=None,
            threads=None, requests=args.requests,

@@ -8,19 +8,23 @@ other.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from fastapi import Request
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from service.errors import ClientGone
-from service.protocol import BadRequest, EngineClient, ResolvedNames
+from service.errors import ClientGone, describe_errors
+from service.progressive import require_model
+from service.protocol import BadRequest, EngineClient, ResolvedNames, Task
 from service.schemas import ErrorBody, ParamValue
 from service.settings import Settings
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorBody, "description": d} for s, d in [
@@ -30,6 +34,74 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (500, "internal error (quote the request id)"), (503, "not ready or shutting down"),
         (504, "deadline passed")]}
 """OpenAPI `responses` of the error statuses (routes pick the ones they can answer)."""
+
+
+def body_of(model: type[BaseModel]) -> dict[str, Any]:
+    """A route's `openapi_extra` for a JSON body of `model` that the route parses itself
+    (`parse_body`); the schema is registered under components by `schemas.apply_limits`."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
+def parse_body(model: type[M], raw: bytes) -> M:
+    """The raw request body parsed and validated in one pass (pydantic's JSON parser), or a
+    400 naming the most specific offending field. JSON that pydantic's parser refuses but
+    Python's reads (a lone surrogate escape, `"\\ud800"`) is validated from Python's reading,
+    so the text checks can name the field and the character."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as e:
+        errors = list(e.errors())
+    if any(err.get("type") == "json_invalid" for err in errors):
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            pass
+        else:
+            return validated(model, data)
+    field, message = describe_errors(errors)
+    raise BadRequest(message, field)
+
+
+def validated(model: type[M], data: Any, prefix: tuple[str, ...] = ()) -> M:
+    """Parsed `data` as `model`, or a 400 naming the most specific offending field (under
+    `prefix`)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        field, message = describe_errors(list(e.errors()), prefix)
+        raise BadRequest(message, field) from None
+
+
+@dataclass(frozen=True)
+class Admitted(Generic[T]):
+    """What an inference route knows once its request passed the prologue (`admit`)."""
+
+    engine: EngineClient
+    settings: Settings
+    names: ResolvedNames  # the engine's names for the model and policy the request runs under
+    policy: str | None  # the policy asked for, else the server's default (None: the model's)
+    params: dict[str, Any]  # policy parameters, each checked (`check_param`)
+    items: list[T]  # the request's inputs, within the limits
+
+
+def admit(request: Request, task: Task, model: str | None, policy: str | None,
+          params: Mapping[str, Any], params_field: str,
+          inputs: Callable[[Settings], list[T]]) -> Admitted[T]:
+    """The prologue of /v1/classify, /v2 infer and /v1/caption, in one place and this order:
+    the model can answer now (503 naming why), the inputs are within the limits (`inputs`
+    raises a 400 naming the field), the policy is the one asked for or the default, the engine
+    resolves the model's and the policy's names once (they label the access log and the
+    metrics), and each policy parameter is checked (400 naming `params_field`.KEY). The
+    policy's own checks of its parameters run in the engine, once."""
+    engine, settings = engine_of(request), settings_of(request)
+    require_model(engine, model, task)
+    items = inputs(settings)
+    asked = policy or settings.default_policy
+    names = engine.resolve(task, model, asked)
+    label_request(request, names, len(items))
+    checked = {k: check_param(v, f"{params_field}.{k}") for k, v in params.items()}
+    return Admitted(engine, settings, names, asked, checked, items)
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -28,7 +28,6 @@ from PIL import Image
 
 from service.errors import CODES
 from service.image_limits import ImageLimits, check_header
-from service.progressive import require_model
 from service.protocol import (
     BadRequest,
     CaptionEvent,
@@ -37,13 +36,7 @@ from service.protocol import (
     EngineError,
     ResolvedNames,
 )
-from service.route_helpers import (
-    ERRORS,
-    engine_of,
-    label_request,
-    settings_of,
-    unless_disconnected,
-)
+from service.route_helpers import ERRORS, admit, body_of, parse_body, unless_disconnected
 from service.schemas import CaptionBody, CaptionResponse, CaptionResultOut, CaptionTiming
 from service.settings import Settings
 
@@ -95,34 +88,36 @@ def check_pixels(raw: bytes, name: str, limits: ImageLimits) -> None:
 @router.post("/v1/caption", response_model=CaptionResponse, tags=["inference"],
              responses={**{k: v for k, v in ERRORS.items() if k != 401},
                         200: {"content": {"text/event-stream": {}},
-                              "description": "JSON, or server-sent events when `stream`"}})
-async def caption(body: CaptionBody, request: Request) -> CaptionResponse | StreamingResponse:
+                              "description": "JSON, or server-sent events when `stream`"}},
+             openapi_extra=body_of(CaptionBody))
+async def caption(request: Request) -> CaptionResponse | StreamingResponse:
     """Caption one image or a list; every token says at which decoder layer it exited."""
     t0 = time.perf_counter()
-    settings = settings_of(request)
-    engine = engine_of(request)
-    require_model(engine, body.model, "captioner")
-    if body.max_tokens is not None and body.max_tokens > settings.max_caption_tokens:
-        raise BadRequest(f"max_tokens: {body.max_tokens} is over the limit of "
-                         f"{settings.max_caption_tokens} (max_caption_tokens)", "max_tokens")
-    images = check_images(body, settings)
-    asked = body.policy or settings.default_policy
-    names = engine.resolve("captioner", body.model, asked)
-    label_request(request, names, len(images))
-    req = CaptionRequest(images=images, model=body.model, policy=asked,
-                         params=dict(body.params),
-                         max_tokens=body.max_tokens or settings.max_caption_tokens,
+    body = parse_body(CaptionBody, await request.body())
+    a = admit(request, "captioner", body.model, body.policy, body.params, "params",
+              lambda settings: check_caption(body, settings))
+    req = CaptionRequest(images=a.items, model=body.model, policy=a.policy, params=a.params,
+                         max_tokens=body.max_tokens or a.settings.max_caption_tokens,
                          latency_budget_ms=body.latency_budget_ms, deadline_ms=body.deadline_ms,
                          request_id=request.state.request_id)
     if body.stream:
-        events = engine.caption_stream(req)
+        events = a.engine.caption_stream(req)
         first = await anext(events)  # errors before the first event are plain HTTP errors
         rid = request.state.request_id
-        return StreamingResponse(_sse(first, events, rid, names), media_type="text/event-stream",
+        return StreamingResponse(_sse(first, events, rid, a.names),
+                                 media_type="text/event-stream",
                                  headers={"cache-control": "no-cache"})
-    results = await unless_disconnected(request, engine.caption(req))  # gone: 499, rows dropped
+    results = await unless_disconnected(request, a.engine.caption(req))  # gone: 499, dropped
     request.state.labels.queue_seconds = max(r.queue_ms for r in results) / 1e3
-    return _response(request.state.request_id, names, results, t0)
+    return _response(request.state.request_id, a.names, results, t0)
+
+
+def check_caption(body: CaptionBody, settings: Settings) -> list[bytes]:
+    """`max_tokens` within `max_caption_tokens`, then the images (`check_images`)."""
+    if body.max_tokens is not None and body.max_tokens > settings.max_caption_tokens:
+        raise BadRequest(f"max_tokens: {body.max_tokens} is over the limit of "
+                         f"{settings.max_caption_tokens} (max_caption_tokens)", "max_tokens")
+    return check_images(body, settings)
 
 
 def _response(rid: str, names: ResolvedNames, results: list[CaptionResult],

@@ -10,17 +10,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.metrics import CONTENT_TYPE
-from service.progressive import building, not_ready_line, require_model
+from service.progressive import building, not_ready_line
 from service.protocol import ClassifyRequest, ModelInfo, UnknownModel
 from service.route_helpers import (
     ERRORS,
-    check_param,
+    admit,
+    body_of,
     check_texts,
     engine_of,
-    label_request,
+    parse_body,
     received_at,
     server_ready,
-    settings_of,
     unless_disconnected,
 )
 from service.schemas import (
@@ -90,20 +90,16 @@ async def reset_retuning(name: str, request: Request) -> dict[str, Any]:
 
 
 @router.post("/v1/classify", response_model=ClassifyResponse, tags=["inference"],
-             responses={k: v for k, v in ERRORS.items() if k != 401})
-async def classify(body: ClassifyBody, request: Request) -> Response:
+             responses={k: v for k, v in ERRORS.items() if k != 401},
+             openapi_extra=body_of(ClassifyBody))
+async def classify(request: Request) -> Response:
     """Classify one text or a list; each result says at which exit it left and why."""
     t0 = time.perf_counter()
-    settings = settings_of(request)
-    engine = engine_of(request)
-    require_model(engine, body.model, "text-classifier")
-    texts = check_texts(body.inputs, settings)
-    asked = body.policy or settings.default_policy
-    names = engine.resolve("text-classifier", body.model, asked)
-    label_request(request, names, len(texts))
-    results = await unless_disconnected(request, engine.classify(ClassifyRequest(
-        texts=texts, model=body.model, policy=asked,
-        params={k: check_param(v, f"params.{k}") for k, v in body.params.items()},
+    body = parse_body(ClassifyBody, await request.body())
+    a = admit(request, "text-classifier", body.model, body.policy, body.params, "params",
+              lambda settings: check_texts(body.inputs, settings))
+    results = await unless_disconnected(request, a.engine.classify(ClassifyRequest(
+        texts=a.items, model=body.model, policy=a.policy, params=a.params,
         latency_budget_ms=body.latency_budget_ms,
         deadline_ms=body.deadline_ms, return_trace=body.return_trace,
         request_id=request.state.request_id, shadow=body.shadow,
@@ -112,8 +108,8 @@ async def classify(body: ClassifyBody, request: Request) -> Response:
     timing = {"queue_ms": max(r.queue_ms for r in results),
               "compute_ms": max(r.compute_ms for r in results),
               "total_ms": round((time.perf_counter() - t0) * 1e3, 3)}
-    answer = {"request_id": request.state.request_id, "model": names.model or "",
-              "policy": names.policy or "", "results": [result_dict(r) for r in results],
+    answer = {"request_id": request.state.request_id, "model": a.names.model or "",
+              "policy": a.names.policy or "", "results": [result_dict(r) for r in results],
               "timing": timing}  # the ClassifyResponse schema, serialised without re-validation
     return Response(orjson.dumps(answer), media_type="application/json")
 

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ValidationError
 
-from service.errors import describe_errors
 from service.oip import (
     HEADER,
     RawRequest,
@@ -27,7 +25,6 @@ from service.oip import (
     shape_size,
     split_body,
 )
-from service.progressive import require_model
 from service.protocol import (
     BadRequest,
     ClassifyRequest,
@@ -37,14 +34,13 @@ from service.protocol import (
 )
 from service.route_helpers import (
     ERRORS,
-    check_param,
+    admit,
     check_text,
     engine_of,
-    label_request,
     received_at,
     server_ready,
-    settings_of,
     unless_disconnected,
+    validated,
 )
 from service.schemas import (
     InferParameters,
@@ -60,7 +56,6 @@ from service.schemas import (
 from service.settings import Settings
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
-M = TypeVar("M", bound=BaseModel)
 OUTPUTS = ("LABEL", "LABEL_ID", "PROBS", "EXIT_LAYER")
 
 
@@ -124,34 +119,20 @@ async def model_ready(name: str, request: Request, version: str | None = None) -
 async def infer(name: str, request: Request, version: str | None = None) -> Response:
     """Classify a BYTES tensor of texts (JSON or binary tensors; see the module docstring)."""
     t0 = time.perf_counter()
-    engine = engine_of(request)
-    require_model(engine, name, "text-classifier")
     info = _model(request, name)
     raw = split_body(await request.body(), request.headers.get(HEADER))
-    body = _validate(InferRequestBody, raw.header)
-    params = _validate(InferParameters, body.parameters, ("parameters",))
-    texts = _texts(body, raw, settings_of(request))
-    asked = params.policy or settings_of(request).default_policy
-    names = engine.resolve("text-classifier", info.name, asked)
-    label_request(request, names, len(texts))
-    results = await unless_disconnected(request, engine.classify(ClassifyRequest(
-        texts=texts, model=info.name, policy=asked,
-        params={k: check_param(v, f"parameters.{k}") for k, v in params.policy_params().items()},
+    body = validated(InferRequestBody, raw.header)
+    params = validated(InferParameters, body.parameters, ("parameters",))
+    a = admit(request, "text-classifier", info.name, params.policy, params.policy_params(),
+              "parameters", lambda settings: _texts(body, raw, settings))
+    results = await unless_disconnected(request, a.engine.classify(ClassifyRequest(
+        texts=a.items, model=info.name, policy=a.policy, params=a.params,
         latency_budget_ms=params.latency_budget_ms, deadline_ms=params.deadline_ms,
         request_id=request.state.request_id, shadow=params.shadow,
         received_at=received_at(request))))
     request.state.labels.queue_seconds = max(r.queue_ms for r in results) / 1e3
-    return _answer(body, params, info, results, names.policy or "",
+    return _answer(body, params, info, results, a.names.policy or "",
                    (time.perf_counter() - t0) * 1e3)
-
-
-def _validate(model: type[M], data: Any, prefix: tuple[str, ...] = ()) -> M:
-    """`data` as `model`, or a 400 naming the most specific offending field."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        field, message = describe_errors(list(e.errors()), prefix)
-        raise BadRequest(message, field) from None
 
 
 def _flag(params: dict[str, Any], key: str, default: bool, field: str) -> bool:

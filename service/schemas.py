@@ -342,10 +342,14 @@ def infer_body_schema() -> dict[str, Any]:
 
 def apply_limits(openapi: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Write the configured size limits into the request schemas of an OpenAPI document (and
-    register the nested OIP models the infer route's hand-written body refers to)."""
+    register the request bodies and the nested OIP models that the routes' hand-written bodies
+    refer to)."""
     comps = openapi.setdefault("components", {}).setdefault("schemas", {})
     for name, sub in infer_body_schema().get("$defs", {}).items():
         comps.setdefault(name, sub)
+    for body in (ClassifyBody, CaptionBody):  # parsed by their routes (route_helpers.body_of)
+        comps.setdefault(body.__name__, body.model_json_schema(
+            ref_template="#/components/schemas/{model}"))
     classify = comps.get("ClassifyBody", {}).get("properties", {})
     if "inputs" in classify:
         text = {"type": "string", "minLength": 1, "maxLength": settings.max_chars_per_text}

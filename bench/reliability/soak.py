@@ -184,6 +184,7 @@ class Run:
     done: list[dict[str, Any]] = field(default_factory=list)
     by_kind_status: Counter[tuple[str, str]] = field(default_factory=Counter)
     in_flight: set[asyncio.Task[None]] = field(default_factory=set)
+    on_window: Callable[[Run], None] | None = None  # after each closed window (a checkpoint)
 
     async def window(self, at: float) -> Window:
         """The window of arrival time `at` (opened, with a process sample, on first use)."""
@@ -203,6 +204,8 @@ class Run:
             self.done.append(w.summary())
             del self.windows[i]
             self.floor = i + 1
+            if self.on_window is not None:
+                self.on_window(self)
             print(json.dumps({k: v for k, v in self.done[-1].items() if "_by_pid" not in k}),
                   flush=True)
 
@@ -283,6 +286,9 @@ async def soak(args: argparse.Namespace, url: str, server: Server | None) -> dic
         start = await asyncio.to_thread(sample)
         offered = await rates(args, client, url, traffic)
 
+        if args.checkpoint is not None:
+            run.on_window = lambda r: checkpoint(args, url, r, offered, duration_s, start)
+
         async def send(path: str, body: dict[str, Any]) -> tuple[str, float]:
             return await post(client, url, path, body, CLIENT_TIMEOUT_S)
 
@@ -298,6 +304,16 @@ async def soak(args: argparse.Namespace, url: str, server: Server | None) -> dic
         run.close_finished(None)
         end = await asyncio.to_thread(sample)
     return summarise(args, url, run, offered, duration_s, start, end)
+
+
+def checkpoint(args: argparse.Namespace, url: str, run: Run, offered: dict[str, float | None],
+               duration_s: float, start: dict[str, Any]) -> None:
+    """The record so far (`partial`: the windows closed until now; `end` = the last window's
+    sample), rewritten after every window, so a long soak that is stopped keeps its windows."""
+    last = {k: v for k, v in run.done[-1].items() if k in start} if run.done else start
+    report = summarise(args, url, run, offered, duration_s, start, last)
+    record("reliability.soak", args.checkpoint, {**report, "partial": True},
+           serve_args=shlex.split(args.serve_args) if args.serve else [])
 
 
 def summarise(args: argparse.Namespace, url: str, run: Run, offered: dict[str, float | None],
@@ -351,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds between /metrics + /readyz scrapes (default 15)")
     ap.add_argument("--probe-s", type=float, default=10.0)
     ap.add_argument("--json", type=Path, help="write the run's record here")
+    ap.add_argument("--checkpoint", type=Path,
+                    help="rewrite the record so far here after every window (a stopped soak "
+                         "keeps its windows; `partial` is true)")
     return ap
 
 

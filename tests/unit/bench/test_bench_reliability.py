@@ -36,13 +36,15 @@ def test_a_short_soak_records_windows_memory_files_and_threads(tiny_artifact: Pa
 @pytest.mark.slow
 def test_a_mixed_soak_on_engine_processes_counts_every_kind_and_names_processes(
         tiny_artifact: Path, tiny_caption_artifact: Path, tmp_path: Path) -> None:
-    out = tmp_path / "soak.json"
+    out, cp = tmp_path / "soak.json", tmp_path / "checkpoint.json"
     rc = soak.main(["--serve", str(tiny_artifact), str(tiny_caption_artifact),
                     "--serve-args", "--workers 2", "--policy", "beem", "--minutes", "0.1",
                     "--window-s", "3", "--rate", "30", "--probe-s", "1",
                     "--mix", "classify=0.6,bad=0.2,oip=0.2", "--caption-share", "0.3",
-                    "--scrape-s", "0.5", "--json", str(out)])
+                    "--scrape-s", "0.5", "--json", str(out), "--checkpoint", str(cp)])
     res = json.loads(out.read_text())["results"]
+    partial = json.loads(cp.read_text())["results"]
+    assert partial["partial"] is True and len(partial["windows"]) == len(res["windows"])
     assert rc == 0, res["by_kind_status"]
     kinds = {k.split()[0] for k in res["by_kind_status"]}
     assert {"classify", "oip", "caption", "scrape", "readyz"} <= kinds
