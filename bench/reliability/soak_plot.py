@@ -1,7 +1,9 @@
 """Draw a soak record (bench.reliability.soak --json): per window, each process's resident
-memory, open files and threads, and each request kind's p99.
+memory, open files and threads, and each request kind's p99; `--markdown` also prints the
+per-window table.
 
-    python -m bench.reliability.soak_plot docs/figures/soak_2h.json docs/figures/soak_2h.png
+    python -m bench.reliability.soak_plot docs/figures/soak_2h.json docs/figures/soak_2h.png \
+        --markdown
 """
 
 from __future__ import annotations
@@ -31,6 +33,39 @@ def per_process(windows: list[dict[str, Any]], key: str) -> dict[str, list[float
 def per_kind_p99(windows: list[dict[str, Any]]) -> dict[str, list[float | None]]:
     kinds = sorted({k for w in windows for k in w.get("by_kind", {})})
     return {k: [w.get("by_kind", {}).get(k, {}).get("p99_ms") for w in windows] for k in kinds}
+
+
+def by_name(w: dict[str, Any], key: str) -> dict[str, float]:
+    """A window's per-pid `key` summed by process name (text-0, caption-0, server, ...)."""
+    out: dict[str, float] = {}
+    for pid, value in w.get(key, {}).items():
+        name = w.get("names_by_pid", {}).get(pid, "?")
+        out[name] = out.get(name, 0) + value
+    return out
+
+
+def markdown(record: dict[str, Any]) -> str:
+    """One row per window: answers, p50/p99 per kind, errors, and each process's RSS, with
+    the totals of open files and threads."""
+    windows = record["results"]["windows"]
+    names = sorted({n for w in windows for n in by_name(w, "rss_mb_by_pid")})
+    kinds = [k for k in ("classify", "oip", "caption", "scrape")
+             if any(k in w.get("by_kind", {}) for w in windows)]
+    head = ["window (min)", "sent", *(f"{k} 200s, p50 / p99 ms" for k in kinds), "5xx",
+            "unexpected", *(f"RSS {n} MiB" for n in names), "open files", "threads"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for w in windows:
+        rss = by_name(w, "rss_mb_by_pid")
+        start = w["start_s"] / 60
+        cells = [f"{start:.0f}-{start + record['results']['window_s'] / 60:.0f}", str(w["sent"])]
+        for k in kinds:
+            got = w.get("by_kind", {}).get(k, {})
+            cells.append(f"{got.get('ok', 0)}, {got.get('p50_ms')} / {got.get('p99_ms')}")
+        cells += [str(w["5xx"]), str(w["unexpected"]),
+                  *(f"{rss[n]:.0f}" if n in rss else "-" for n in names),
+                  str(w.get("fds")), str(w.get("threads"))]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def draw(record: dict[str, Any], out: Path) -> None:
@@ -67,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                                  description=DESCRIPTION)
     ap.add_argument("record", type=Path, help="a bench.reliability.soak --json record")
     ap.add_argument("out", type=Path, help="the PNG to write")
+    ap.add_argument("--markdown", action="store_true", help="also print the per-window table")
     args = ap.parse_args(argv)
     try:
         record = json.loads(args.record.read_text())
@@ -77,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     draw(record, args.out)
     print(f"wrote {args.out}")
+    if args.markdown:
+        print(markdown(record))
     return 0
 
 

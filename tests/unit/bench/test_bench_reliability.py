@@ -35,7 +35,8 @@ def test_a_short_soak_records_windows_memory_files_and_threads(tiny_artifact: Pa
 
 @pytest.mark.slow
 def test_a_mixed_soak_on_engine_processes_counts_every_kind_and_names_processes(
-        tiny_artifact: Path, tiny_caption_artifact: Path, tmp_path: Path) -> None:
+        tiny_artifact: Path, tiny_caption_artifact: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     out, cp = tmp_path / "soak.json", tmp_path / "checkpoint.json"
     rc = soak.main(["--serve", str(tiny_artifact), str(tiny_caption_artifact),
                     "--serve-args", "--workers 2", "--policy", "beem", "--minutes", "0.1",
@@ -55,7 +56,9 @@ def test_a_mixed_soak_on_engine_processes_counts_every_kind_and_names_processes(
     assert all(w["by_kind"]["oip"]["ok"] > 0 for w in res["windows"])
 
     png = tmp_path / "soak.png"
-    assert soak_plot.main([str(out), str(png)]) == 0
+    assert soak_plot.main([str(out), str(png), "--markdown"]) == 0
+    table = capsys.readouterr().out
+    assert "| RSS text-0 MiB |" in table and "caption 200s" in table
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
