@@ -181,6 +181,7 @@ class Run:
     t0: float = 0.0
     windows: dict[int, Window] = field(default_factory=dict)
     floor: int = 0  # windows below it are closed: a late arrival counts in the next open one
+    current: int = 0  # the newest window opened
     done: list[dict[str, Any]] = field(default_factory=list)
     by_kind_status: Counter[tuple[str, str]] = field(default_factory=Counter)
     in_flight: set[asyncio.Task[None]] = field(default_factory=set)
@@ -190,6 +191,7 @@ class Run:
         """The window of arrival time `at` (opened, with a process sample, on first use)."""
         index = max(self.floor, int((at - self.t0) // self.window_s))
         if index not in self.windows:  # a new window (indices only grow)
+            self.current = max(self.current, index)
             self.close_finished(index)
             self.windows[index] = Window(index, at - self.t0, await asyncio.to_thread(self.sample))
         return self.windows[index]
@@ -225,6 +227,8 @@ async def arrivals(run: Run, rate: float, duration_s: float, rng: random.Random,
         status, ms = await send(path, body)
         run.count(w, kind, status, ms, ok)
         w.pending -= 1
+        if not w.pending and w.index < run.current:  # its last answer: close it now
+            run.close_finished(run.current)
 
     nxt = run.t0 + rng.expovariate(rate)
     while nxt - run.t0 < duration_s:
