@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from service import __version__, errors, routes_caption, routes_v1, routes_v2, ui
+from service.artifact_watch import ArtifactWatch
 from service.auth import DOCS_ASSETS, OPEN_PATHS, OPEN_PREFIXES, ApiKeyMiddleware
 from service.building import BuildJob
 from service.limits import BodyLimitMiddleware
@@ -65,9 +66,13 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
         sink.register_models(eng.models())
         log.info("engine started", extra={"ready": eng.ready(),
                                           "models": [m.name for m in eng.models()]})
+        # each served model's directory: still the one it was loaded from? (/readyz says)
+        app.state.artifacts = ArtifactWatch(eng.models, settings.artifact_check_s)
+        app.state.artifacts.start()
         try:
             yield
         finally:
+            await app.state.artifacts.stop()
             await eng.shutdown(settings.shutdown_grace_s)
             log.info("engine stopped")
 
@@ -80,6 +85,7 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
     app.state.settings = settings
     app.state.sink = sink
     app.state.engine = engine
+    app.state.artifacts = None  # the lifespan's ArtifactWatch
     app.state.shutdown = ShutdownSignal()  # raised by service.serving's server
     errors.install(app)
     app.include_router(routes_v1.router)

@@ -6,15 +6,20 @@ job runs `python -m tools.build_worker` (nice 10, its own torch threads and GIL)
 writes a small progress file (models/progress.py) and renames its staging directory to the
 artifact directory when complete. The builder polls that file once a second for /readyz,
 /v1/models and the playground page, and hands each finished artifact to `on_built` (the engine
-loads it and serves it from then on). A failed build is reported with the last line of its log.
+loads it and serves it from then on). A failed build is reported with why its process ended
+(`exit_reason`: killed by a signal, no space left on device, else the last line of its log), and
+its staging directory is removed by the server (a worker killed with SIGKILL cannot clean up)
+unless another process holds the build's lock (`lock_file`): it is that process's build.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -33,6 +38,11 @@ POLL_S = 1.0
 LOG_EVERY_S = 60.0  # a progress line in the server log at least this often
 
 State = Literal["queued", "building", "loading", "done", "failed"]
+# the worker's exit status when a write of the build failed with ENOSPC (errno 28), so the
+# server can name the cause even when the disk was too full for the log to say it
+EXIT_NO_SPACE = 28
+# the worker's last log line when it names why it failed (`exit_reason` quotes what follows)
+FAILED_PREFIX = "[eeserve] build failed: "
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,52 @@ class BuildJob:
 def staging_dir(out: Path) -> Path:
     """Where a build writes before it is complete (renamed to `out` at the end)."""
     return out.parent / f".{out.name}.building"
+
+
+def lock_file(out: Path) -> Path:
+    """Held (flock) by the process building `out`: one build of it at a time (the kernel lets
+    go of it when that process dies, SIGKILL included, so it is never left stale)."""
+    return out.parent / f".{out.name}.lock"
+
+
+def remove_staging(out: Path) -> bool:
+    """Remove the staging directory a failed build of `out` left (a worker killed with SIGKILL
+    cannot), unless another process holds the lock: then it is that process's build under way.
+    True when a staging directory was removed."""
+    staging = staging_dir(out)
+    if not staging.exists():
+        return False
+    try:
+        fh = lock_file(out).open("a")
+    except OSError:
+        return False
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: held by another build of `out`
+            return False
+        shutil.rmtree(staging, ignore_errors=True)
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return not staging.exists()
+
+
+def exit_reason(rc: int, stage: str | None, log_file: Path) -> str:
+    """Why a build's process ended with status `rc` (not 0), in one line: the signal that
+    killed it and the stage it was in, the worker's own line (no space left on device), or the
+    exit status and the last line of its log."""
+    last = _last_line(log_file)
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = "unknown signal"
+        during = f" during {stage!r}" if stage else ""
+        return f"build process killed by signal {-rc} ({name}){during}"
+    if last.startswith(FAILED_PREFIX):
+        return last.removeprefix(FAILED_PREFIX)
+    if rc == EXIT_NO_SPACE:  # the disk was too full for the worker to write its line
+        return f"no space left on device (under {log_file.parent})"
+    return f"exit status {rc}: {last}"
 
 
 @dataclass
@@ -182,9 +238,7 @@ class Builder:
             rc = await self._follow(st, self._proc)
         self._proc = None
         if rc != 0:
-            st.state, st.error = "failed", f"exit status {rc}: {_last_line(job.log_file)} " \
-                                           f"(log: {job.log_file})"
-            log.error("build failed", extra={"model": job.name, "error": st.error})
+            await self._failed(st, rc)
             return
         st.state = "loading"
         log.info("build finished; loading", extra={"model": job.name,
@@ -193,6 +247,17 @@ class Builder:
         await self.on_built(job)
         st.state = "done"
         job.progress_file.unlink(missing_ok=True)
+
+    async def _failed(self, st: BuildState, rc: int) -> None:
+        """A build whose process ended with `rc` != 0: its reason, its staging directory and
+        progress file removed, one log line."""
+        job = st.job
+        removed = await asyncio.to_thread(remove_staging, job.out)
+        job.progress_file.unlink(missing_ok=True)
+        reason = exit_reason(rc, st.progress.stage if st.progress else None, job.log_file)
+        st.state, st.error = "failed", f"{reason} (log: {job.log_file})"
+        log.error("build failed", extra={"model": job.name, "error": st.error,
+                                         "exit_status": rc, "staging_removed": removed})
 
     async def _follow(self, st: BuildState, proc: asyncio.subprocess.Process) -> int:
         last_line, last_log = "", 0.0

@@ -16,6 +16,7 @@ import prometheus_client as prom
 from service.protocol import ModelInfo
 from service.stats import (
     AgreementStats,
+    AlarmStats,
     CaptionStats,
     IterationStats,
     RequestStats,
@@ -44,7 +45,8 @@ METRIC_NAMES = (
     "eeserve_shadow_dropped_total", "eeserve_shadow_agreement_lower",
     "eeserve_shadow_agreement_upper", "eeserve_shadow_agreement_promise",
     "eeserve_shadow_support", "eeserve_retune_changes_total", "eeserve_retune_threshold",
-    "eeserve_retune_budget_shift", "eeserve_engine_process_up",
+    "eeserve_retune_budget_shift", "eeserve_drift_alarm", "eeserve_drift_alarms_total",
+    "eeserve_engine_process_up",
     "eeserve_engine_resident_memory_bytes", "eeserve_engine_restarts_total",
 )
 # request statuses that reached the engine: their durations go into the latency histograms
@@ -160,6 +162,13 @@ class PrometheusStatLogger:
                                        "EENet: validation cost at the retuned thresholds minus "
                                        "at calibration (fraction of full depth)",
                                        ("model", "policy"))
+        self.drift_alarm = self._make(self._gauge_cls, "eeserve_drift_alarm",
+                                      "1 while the drift alarm of a policy is up (its overall "
+                                      "live agreement proven below the promise; it stays up "
+                                      "until reset)", ("model", "policy"))
+        self.drift_alarms = self._make(self._counter_cls, "eeserve_drift_alarms",
+                                       "Times the drift alarm fired, by its reaction (on_alarm)",
+                                       ("model", "policy", "reaction"))
 
     def _make(self, cls: Any, name: str, doc: str, labels: tuple[str, ...], **kw: Any) -> Any:
         """Build one metric; subclasses for other backends override this or the classes."""
@@ -220,6 +229,11 @@ class PrometheusStatLogger:
             float("inf") if s.threshold is None else s.threshold)
         if s.budget_shift is not None:
             self.budget_shift.labels(model=s.model, policy=s.policy).set(s.budget_shift)
+
+    def set_alarm(self, s: AlarmStats) -> None:
+        self.drift_alarm.labels(model=s.model, policy=s.policy).set(1 if s.firing else 0)
+        if s.firing:
+            self.drift_alarms.labels(model=s.model, policy=s.policy, reaction=s.reaction).inc()
 
     def set_queue_depth(self, n: int) -> None:
         self.queue_depth.set(n)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from service.errors import ClientGone, describe_errors
 from service.progressive import require_model
-from service.protocol import BadRequest, EngineClient, ResolvedNames, Task
+from service.protocol import BadRequest, EngineClient, ModelInfo, ResolvedNames, Task
 from service.schemas import ErrorBody, ParamValue
 from service.settings import Settings
 
@@ -131,6 +131,14 @@ def engine_of(request: Request) -> EngineClient:
     """The engine the app's lifespan started."""
     engine: EngineClient = request.app.state.engine
     return engine
+
+
+def models_of(request: Request) -> list[ModelInfo]:
+    """The engine's models, each served one with the state of its artifact directory on disk
+    (`details["artifact"]`, service/artifact_watch.py) once the lifespan watches them."""
+    infos = engine_of(request).models()
+    watch = getattr(request.app.state, "artifacts", None)
+    return watch.annotate(infos) if watch is not None else infos
 
 
 def server_ready(request: Request) -> bool:

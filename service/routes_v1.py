@@ -18,6 +18,7 @@ from service.route_helpers import (
     body_of,
     check_texts,
     engine_of,
+    models_of,
     parse_body,
     received_at,
     server_ready,
@@ -49,8 +50,9 @@ async def healthz() -> HealthOut:
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: 200 once every configured model serves (or one, with `ready_when=any`),
     else 503; `detail` names each model that does not serve, and why."""
-    infos = engine_of(request).models()
-    models = [ModelReadiness(name=m.name, ready=m.ready, error=m.error, **_build_of(m))
+    infos = models_of(request)
+    models = [ModelReadiness(name=m.name, ready=m.ready, error=m.error, **_build_of(m),
+                             artifact=(m.details.get("artifact") or {}).get("line"))
               for m in infos]
     ready = server_ready(request)
     detail = "; ".join(f"{m.name}: {not_ready_line(m)}" for m in infos if not m.ready) or \
@@ -68,13 +70,13 @@ def _build_of(m: ModelInfo) -> dict[str, Any]:
 async def list_models(request: Request) -> ModelList:
     """Every configured model: exits, labels, calibrated policies, per-layer cost, or the reason
     it failed to load."""
-    return ModelList(models=[ModelInfoOut.of(m) for m in engine_of(request).models()])
+    return ModelList(models=[ModelInfoOut.of(m) for m in models_of(request)])
 
 
 @router.get("/v1/models/{name}", response_model=ModelInfoOut, tags=["models"],
             responses={404: ERRORS[404]})
 async def get_model(name: str, request: Request) -> ModelInfoOut:
-    for m in engine_of(request).models():
+    for m in models_of(request):
         if m.name == name:
             return ModelInfoOut.of(m)
     raise UnknownModel(f"unknown model {name!r}", "name")

@@ -56,6 +56,9 @@ class ModelReadiness(BaseModel):
     progress: str | None = Field(None, description="while the model is being built: its stage "
                                  "and time left, e.g. `training step 310/1060, ~12 min left`")
     eta_s: float | None = Field(None, description="estimated seconds until it serves")
+    artifact: str | None = Field(None, description="set when the model's artifact directory on "
+                                 "disk is no longer the one it loaded (`removed: ...` or "
+                                 "`changed: ...`, one line); the model still serves from memory")
 
 
 class ReadyOut(BaseModel):

@@ -22,6 +22,7 @@ Device = Literal["cpu", "cuda", "auto"]
 Dtype = Literal["float32", "float16", "bfloat16"]
 Backend = Literal["torch", "onnx", "auto"]
 Precision = Literal["fp32", "int8"]
+OnAlarm = Literal["none", "retune", "fallback"]
 
 
 class Settings(BaseSettings):
@@ -104,6 +105,14 @@ class Settings(BaseSettings):
                                            "prove its agreement promise broken (guarded retuning)")
     adapt_step: float = Field(0.25, gt=0.0, lt=1.0, description="share of an exit's validation "
                               "exits one retuning step removes")
+    on_alarm: OnAlarm = Field("none", description="what the drift alarm (the overall agreement "
+                              "window of a policy proven below its promise) does: none (report "
+                              "only), retune (guarded retuning, as adapt), fallback (every early "
+                              "exit of that policy moves to the fallback point until the alarm "
+                              "is reset: POST /v1/models/NAME/retuning/reset)")
+    fallback_keep: float = Field(0.0, ge=0.0, lt=1.0, description="on_alarm=fallback: share of "
+                                 "each exit's validation exits the fallback point still lets "
+                                 "leave there (0 = every row runs to the last exit)")
 
     # ---- network and security ----------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -156,6 +165,11 @@ class Settings(BaseSettings):
         "all", description="/readyz and /v2/health/ready answer 200 when every configured model "
                            "serves (all) or at least one does (any); either way a model that "
                            "failed to load answers 503 with its reason and the others serve")
+    artifact_check_s: float = Field(
+        5.0, ge=0, le=3600, description="how often the server checks that each served model's "
+        "artifact directory is still the one it loaded (one stat of its manifest.json); a "
+        "directory removed or replaced is logged once and named in /readyz and /v1/models, and "
+        "the model keeps serving from memory (0 = no checks)")
     log_json: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

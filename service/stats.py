@@ -97,6 +97,16 @@ class RetuneStats:
     budget_shift: float | None  # EENet: validation cost now minus at calibration (fraction)
 
 
+@dataclass(frozen=True)
+class AlarmStats:
+    """The drift alarm of one (model, policy) fired (`firing`) or was reset."""
+
+    model: str
+    policy: str
+    firing: bool
+    reaction: str  # on_alarm: "none", "retune" or "fallback"
+
+
 class StatsSink(Protocol):
     def record_iteration(self, s: IterationStats) -> None: ...
 

@@ -9,12 +9,17 @@ staging directory is removed after a failure or SIGTERM, and one build of OUT ru
 goes to the file named by `EESERVE_PROGRESS_FILE` (models/progress.py). Runs at a lower CPU
 priority than the server (nice 10) and exits when the server that started it is gone.
 Recipes: text-default, caption-default, and tiny-text (seconds; what the tests build).
+
+A write that fails for want of space (ENOSPC) ends the build with one line naming it and exit
+status `EXIT_NO_SPACE` (service/building.py reads both). For tests, `EESERVE_BUILD_FAULT=disk-full`
+makes the build's manifest write fail that way (`inject_fault`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -22,18 +27,22 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
 from models import progress
+from models.artifact import MANIFEST
 from models.build.options import BuildOptions
 from models.build.recipes import build
 from policies.fit.calibration import calibrate_artifact
-from service.building import staging_dir
+from service.building import EXIT_NO_SPACE, FAILED_PREFIX, lock_file, staging_dir
 from tools.commands.calibrate import recheck_onnx
 from tools.commands.train import build_default, build_default_captioner
 
 NICE = 10
+FAULT_ENV = "EESERVE_BUILD_FAULT"  # tests only: "disk-full" (see `inject_fault`)
+MANIFEST_TMP = MANIFEST + ".part"  # models.artifact.write_manifest writes this, then renames
 
 
 def build_into(recipe: str, staging: Path, device: str) -> None:
@@ -78,7 +87,7 @@ def _exit_with_parent(parent: int) -> None:
 def _exclusive(out: Path) -> Iterator[None]:
     """One build of `out` at a time across processes (two servers started on one checkout)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as fh:
+    with open(lock_file(out), "w") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -99,8 +108,63 @@ def main(argv: list[str] | None = None) -> int:
         os.nice(NICE)  # the server answers first; the build takes the idle CPU
     except OSError:
         pass
-    run(args.recipe, args.out, args.device)
+    try:
+        run(args.recipe, args.out, args.device)
+    except Exception as e:
+        if not no_space(e):
+            raise  # its traceback ends the log: the server quotes the last line
+        with contextlib.suppress(OSError):  # the log may be on the full disk too
+            traceback.print_exc(file=sys.stdout)
+        _say(FAILED_PREFIX + no_space_line(e, args.out))  # the line the server quotes
+        return EXIT_NO_SPACE
     return 0
+
+
+def no_space(e: BaseException) -> bool:
+    """Whether `e`, or an exception it came from, is a write that found no space (ENOSPC; also
+    the libraries that wrap it in their own error, as safetensors does, by its message)."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        if os.strerror(errno.ENOSPC) in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def no_space_line(e: BaseException, out: Path) -> str:
+    """`no space left on device (writing X; N MiB free under DIR now ...)`, after the staging
+    directory is gone (so the number is what a retry has)."""
+    where = getattr(e, "filename", None)
+    try:
+        free = f"{shutil.disk_usage(out.parent).free // 2**20} MiB free"
+    except OSError:
+        free = "free space unknown"
+    what = f"writing {where}; " if where else ""
+    return (f"no space left on device ({what}{free} under {out.parent} now that the partial "
+            f"build is removed; free some and restart the server to build it again)")
+
+
+def _say(line: str) -> None:
+    with contextlib.suppress(OSError):  # the log may be on the full disk too
+        print(line, flush=True)
+
+
+def inject_fault(staging: Path) -> None:
+    """Tests only, `EESERVE_BUILD_FAULT=disk-full`: the build's manifest write fails with
+    ENOSPC from the kernel (its temporary file in `staging` is a link to /dev/full, where every
+    write does), after the weights are written, so the worker's real failure path runs: the
+    error, the half artifact removed, the line and exit status the server reports."""
+    fault = os.environ.get(FAULT_ENV)
+    if not fault:
+        return
+    if fault != "disk-full":
+        raise SystemExit(f"build_worker: unknown {FAULT_ENV} {fault!r} (known: disk-full)")
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / MANIFEST_TMP).symlink_to("/dev/full")
+    print(f"[eeserve] {FAULT_ENV}=disk-full: the manifest write goes to /dev/full (ENOSPC)",
+          flush=True)
 
 
 def run(recipe: str, out: Path, device: str) -> bool:
@@ -112,6 +176,7 @@ def run(recipe: str, out: Path, device: str) -> bool:
             return False
         shutil.rmtree(staging, ignore_errors=True)  # left by a build that was killed
         try:
+            inject_fault(staging)
             build_into(recipe, staging, device)
             publish(staging, out)
         finally:

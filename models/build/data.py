@@ -88,8 +88,15 @@ def pip_download(spec: str, dest: Path, sdist: bool) -> None:
 
 def fetch_vader_movie_reviews(root: Path | None = None) -> Path:
     """Return the cached movieReviewSnippets file, fetching and checking it on first use."""
+    return fetch_vader_set("movieReviewSnippets", root)
+
+
+def fetch_vader_set(name: str, root: Path | None = None) -> Path:
+    """Return the cached `NAME_GroundTruth.txt` of the VADER sdist (movieReviewSnippets, tweets,
+    amazonReviewSnippets, nytEditorialSnippets), fetching and checking it on first use."""
     root = root or data_dir() / "vader"
-    target = root / "movieReviewSnippets_GroundTruth.txt"
+    member_name = f"hutto_ICWSM_2014/{name}_GroundTruth.txt"
+    target = root / f"{name}_GroundTruth.txt"
     if target.exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
@@ -103,9 +110,12 @@ def fetch_vader_movie_reviews(root: Path | None = None) -> Path:
             if inner_f is None:
                 raise DataError(f"{VADER_SDIST} does not contain {VADER_INNER}")
             with tarfile.open(fileobj=io.BytesIO(inner_f.read())) as inner:
-                member = inner.extractfile(VADER_FILE)
+                try:
+                    member = inner.extractfile(member_name)
+                except KeyError:
+                    member = None
                 if member is None:
-                    raise DataError(f"{VADER_INNER} does not contain {VADER_FILE}")
+                    raise DataError(f"{VADER_INNER} does not contain {member_name}")
                 tmp_target = target.with_suffix(".part")
                 tmp_target.write_bytes(member.read())
                 tmp_target.replace(target)

@@ -26,10 +26,17 @@ class ShadowConfig:
     min_support: int = _default("shadow_min_support")
     adapt: bool = _default("adapt")
     adapt_step: float = _default("adapt_step")
+    on_alarm: str = _default("on_alarm")  # none, retune or fallback (service/engine/live.py)
+    fallback_keep: float = _default("fallback_keep")
     seed: int | None = None  # sampling seed (tests)
     # engine processes (service/pool.py): "alone" judges its own checks; a "follower" sends
     # its checks to the "judge" (through the front) and applies the judge's threshold changes
     role: str = "alone"
+
+    @property
+    def retunes(self) -> bool:
+        """Guarded retuning is on (`adapt`, or `on_alarm="retune"`)."""
+        return self.adapt or self.on_alarm == "retune"
 
     def rate_for(self, model: str) -> float:
         return dict(self.model_rates).get(model, self.rate)
@@ -82,4 +89,5 @@ class EngineConfig:
                        max_rows=s.shadow_max_rows, max_age_s=s.shadow_max_age_s,
                        window=s.shadow_window, confidence=s.shadow_confidence,
                        min_support=s.shadow_min_support, adapt=s.adapt,
-                       adapt_step=s.adapt_step))
+                       adapt_step=s.adapt_step, on_alarm=s.on_alarm,
+                       fallback_keep=s.fallback_keep))

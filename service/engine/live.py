@@ -10,6 +10,12 @@ of rows answered at k, plus an "all" window over every checked row. The promise 
 comes from the *calibrated* parameters of its policy name replayed on the artifact's cached
 validation logits (policies.agreement.promise_from_validation), so a request that loosens the
 thresholds is held to the calibration's promise.
+
+The drift alarm of a key fires when its overall window ("all") is proven below its promise (the
+verdict "broken") and stays up until reset (`reset`, POST /v1/models/NAME/retuning/reset): a
+warning log line "drift alarm", the gauge `eeserve_drift_alarm`, and `alarm` in /v1/models.
+Its reaction is `on_alarm`: none, retune (guarded retuning, as `adapt`) or fallback (every early
+exit of the key moves to the fallback point, `fallback_keep` of its validation exits, at once).
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ import hashlib
 import logging
 import math
 import threading
+import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -39,7 +46,7 @@ from policies.costs import manifest_costs
 from policies.replay import replay, trace
 from service.engine.config import ShadowConfig
 from service.engine.handles import PolicyKey
-from service.stats import AgreementStats, RetuneStats, StatsSink
+from service.stats import AgreementStats, AlarmStats, RetuneStats, StatsSink
 
 log = logging.getLogger("eeserve.engine")
 
@@ -71,6 +78,27 @@ class Window:
 
 
 @dataclass
+class AlarmState:
+    """The drift alarm of one policy key: up from the first proof that its overall agreement
+    is below the promise until a reset (latched: thin evidence later does not lower it)."""
+
+    firing: bool = False
+    fired: int = 0  # times it fired
+    since: float | None = None  # time.time() when it last fired
+    checks: int | None = None  # checks in the window that fired it
+    agreement_upper: float | None = None
+    promise: float | None = None
+    fallback: bool = False  # the fallback point is in force
+
+    def as_json(self, reaction: str) -> dict[str, Any]:
+        return {"firing": self.firing, "fired": self.fired, "reaction": reaction,
+                "since": None if self.since is None else time.strftime(
+                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since)),
+                "checks": self.checks, "agreement_upper": self.agreement_upper,
+                "promise": self.promise, "fallback": self.fallback}
+
+
+@dataclass
 class Tracked:
     """One policy key: its windows, promises, last judgements and retuning state."""
 
@@ -85,6 +113,16 @@ class Tracked:
     val_scores: torch.Tensor | None = None  # (N, K) validation scores, for retuning steps
     changes: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
     budget_shift: float | None = None
+    alarm: AlarmState = field(default_factory=AlarmState)
+
+
+def fallback_threshold(val_scores: torch.Tensor | None, current: float | None,
+                       keep: float) -> float | None:
+    """An exit's threshold at the fallback point: `keep` of the validation rows that pass
+    `current` still pass (one raise of step 1 - keep); 0 (or no scores) = never exit there."""
+    if keep <= 0.0 or val_scores is None:
+        return None
+    return step_threshold(val_scores, current, current, "raise", 1.0 - keep)
 
 
 def policy_label(key: PolicyKey) -> str:
@@ -164,11 +202,15 @@ class LiveAgreement:
                 j = judge(w.agree, len(w.bits), promise, self.alarm)
                 with self._lock:
                     t.judged[name] = j
+                if name == "all":
+                    self._alarm(t, j)
                 set_agreement = getattr(self.sink, "set_agreement", None)
                 if set_agreement is not None and j.n:
                     set_agreement(AgreementStats(self.model, t.label, name, j.lower, j.upper,
                                                  j.promise, j.n))
-            if self.cfg.adapt and not any(w.dirty for w in t.windows.values()):
+            if t.alarm.fallback and t.start is None:  # the policy was rebuilt: again
+                self._fall_back(t)
+            if self.cfg.retunes and not any(w.dirty for w in t.windows.values()):
                 self._retune(key, t)
 
     def reset(self) -> int:
@@ -179,6 +221,7 @@ class LiveAgreement:
     def _reset(self) -> int:
         changed = 0
         for t in list(self.keys.values()):
+            self._clear_alarm(t)
             if t.start is None:
                 continue
             thresholds = t.policy.thresholds  # type: ignore[attr-defined]
@@ -192,7 +235,66 @@ class LiveAgreement:
                         t.windows["all"].clear()
         return changed
 
+    # ---- the drift alarm ----------------------------------------------------------------------
+    def _alarm(self, t: Tracked, j: Judgement) -> None:
+        """Raise the key's alarm on a broken overall promise (once; it stays up) and react."""
+        if t.alarm.firing or j.verdict != "broken":
+            return
+        reaction = self.cfg.on_alarm
+        with self._lock:
+            a = t.alarm
+            a.firing, a.fired, a.since, a.checks = True, a.fired + 1, time.time(), j.n
+            a.agreement_upper, a.promise = _r(j.upper), _r(j.promise)
+        log.warning("drift alarm", extra={
+            "model": self.model, "policy": t.label, "checks": j.n,
+            "agreement": round(j.agree / j.n, 6), "agreement_upper": _r(j.upper),
+            "promise": _r(j.promise), "reaction": reaction})
+        self._publish_alarm(t, reaction)
+        if reaction == "fallback":
+            self._fall_back(t)
+
+    def _fall_back(self, t: Tracked) -> None:
+        """Move every early exit of `t` to the fallback point (thresholds kept for a reset)."""
+        thresholds = getattr(t.policy, "thresholds", None)
+        if not isinstance(thresholds, list) or len(thresholds) != self.num_exits:
+            return  # patience, static, none: no operating point to move
+        keep = self.cfg.fallback_keep
+        scores = self._scores(t) if keep > 0 else None
+        if t.start is None:
+            t.start = list(thresholds)
+        for k in range(1, self.num_exits):
+            cur = thresholds[k - 1]
+            nxt = fallback_threshold(None if scores is None else scores[:, k - 1], cur, keep)
+            if nxt == cur:
+                continue
+            thresholds[k - 1] = nxt
+            with self._lock:
+                t.windows[str(k)].clear()  # the old checks describe the old threshold
+                t.windows["all"].clear()
+            self._log_change(t, k, "fallback", nxt)
+        with self._lock:
+            t.alarm.fallback = True
+
+    def _clear_alarm(self, t: Tracked) -> None:
+        if not t.alarm.firing:
+            return
+        with self._lock:
+            t.alarm.firing = t.alarm.fallback = False
+        log.info("drift alarm reset", extra={"model": self.model, "policy": t.label})
+        self._publish_alarm(t, self.cfg.on_alarm)
+
+    def _publish_alarm(self, t: Tracked, reaction: str) -> None:
+        set_alarm = getattr(self.sink, "set_alarm", None)
+        if set_alarm is not None:
+            set_alarm(AlarmStats(self.model, t.label, t.alarm.firing, reaction))
+
     # ---- any thread --------------------------------------------------------------------------
+    def alarm_of(self, key: PolicyKey) -> AlarmState | None:
+        """A copy of the key's alarm state (None: not tracked)."""
+        with self._lock:
+            t = self.keys.get(key)
+            return None if t is None else replace(t.alarm)
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             out: dict[str, Any] = {}
@@ -203,6 +305,7 @@ class LiveAgreement:
                     "params": dict(key.params) or None,
                     "all": _judgement_json(t.judged["all"]) if "all" in t.judged else None,
                     "exits": exits,
+                    "alarm": t.alarm.as_json(self.cfg.on_alarm),
                 }
                 if t.start is not None:
                     entry["retuning"] = {
@@ -210,7 +313,9 @@ class LiveAgreement:
                         "started_at": list(t.start), "changes": list(t.changes),
                         "budget_shift": t.budget_shift}
                 out[t.label] = entry
-            return {"shadow_rate": self.cfg.rate_for(self.model), "adapt": self.cfg.adapt,
+            return {"shadow_rate": self.cfg.rate_for(self.model), "adapt": self.cfg.retunes,
+                    "on_alarm": self.cfg.on_alarm, "fallback_keep": self.cfg.fallback_keep,
+                    "alarms": sorted(t.label for t in self.keys.values() if t.alarm.firing),
                     "confidence": self.alarm.confidence, "min_support": self.alarm.min_support,
                     "window": self.cfg.window,
                     "promise": "validation agreement of the calibrated parameters (per exit, "

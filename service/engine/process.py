@@ -34,6 +34,7 @@ from service.protocol import CaptionRequest, ClassifyRequest, EngineError
 from service.settings import Settings
 from service.stats import (
     AgreementStats,
+    AlarmStats,
     CaptionStats,
     IterationStats,
     RequestStats,
@@ -98,6 +99,9 @@ class ForwardingSink:
 
     def record_retune(self, s: RetuneStats) -> None:
         self._add("record_retune", s)
+
+    def set_alarm(self, s: AlarmStats) -> None:
+        self._add("set_alarm", s)
 
     # plain tuples on the wire (the front imports nothing of the engine): (model, (policy name,
     # params), exit, agreed or threshold)

@@ -146,3 +146,7 @@ def test_shadow_requests_show_up_as_live_agreement(client: TestClient) -> None:
             break
         time.sleep(0.05)
     assert exits["1"]["checks"] == 5 and 0 <= exits["1"]["agreement"] <= 1
+    # what an operator sees of the drift alarm: nothing up (5 checks are below the support floor)
+    assert live["alarms"] == [] and live["on_alarm"] == "none"
+    assert next(iter(live["policies"].values()))["alarm"]["firing"] is False
+    assert "# TYPE eeserve_drift_alarm gauge" in client.get("/metrics").text

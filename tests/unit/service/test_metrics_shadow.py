@@ -10,7 +10,13 @@ from service.engine.config import EngineConfig
 from service.metrics import PrometheusStatLogger
 from service.protocol import ModelInfo
 from service.settings import Settings
-from service.stats import AgreementStats, RetuneStats, ShadowCheckStats, ShadowDropStats
+from service.stats import (
+    AgreementStats,
+    AlarmStats,
+    RetuneStats,
+    ShadowCheckStats,
+    ShadowDropStats,
+)
 
 
 def _samples(sink: PrometheusStatLogger) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -48,11 +54,30 @@ def test_shadow_series_follow_the_records() -> None:
     assert s[("eeserve_retune_budget_shift", (("model", "m"), ("policy", "eenet")))] == 0.02
 
 
+def test_the_drift_alarm_gauge_is_up_until_reset_and_firings_are_counted() -> None:
+    sink = PrometheusStatLogger(process_metrics=False)
+    lab = (("model", "m"), ("policy", "eenet"))
+    sink.set_alarm(AlarmStats("m", "eenet", True, "fallback"))
+    s = _samples(sink)
+    assert s[("eeserve_drift_alarm", lab)] == 1
+    assert s[("eeserve_drift_alarms_total", (*lab, ("reaction", "fallback")))] == 1
+    sink.set_alarm(AlarmStats("m", "eenet", False, "fallback"))  # reset
+    s = _samples(sink)
+    assert s[("eeserve_drift_alarm", lab)] == 0
+    assert s[("eeserve_drift_alarms_total", (*lab, ("reaction", "fallback")))] == 1
+
+
 def test_shadow_settings_reach_the_engine_and_are_checked() -> None:
     s = Settings(shadow_rate=0.05, shadow_model_rates={"m": 0.5}, adapt=True)
     cfg = EngineConfig.from_settings(s).shadow
     assert cfg.rate_for("m") == 0.5 and cfg.rate_for("other") == 0.05 and cfg.adapt
     assert Settings().shadow_rate == 0.01
+    cfg = EngineConfig.from_settings(Settings(on_alarm="fallback", fallback_keep=0.5)).shadow
+    assert (cfg.on_alarm, cfg.fallback_keep, cfg.retunes) == ("fallback", 0.5, False)
+    with pytest.raises(ValidationError, match="on_alarm"):
+        Settings(on_alarm="panic")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="fallback_keep"):
+        Settings(fallback_keep=1.0)
     with pytest.raises(ValidationError, match="shadow_rate"):
         Settings(shadow_rate=1.5)
     with pytest.raises(ValidationError, match=r"shadow_model_rates\['m'\]=2.0"):

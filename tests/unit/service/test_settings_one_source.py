@@ -16,7 +16,8 @@ from tools.commands import serve
 SHADOW_FIELDS = {"rate": "shadow_rate", "max_rows": "shadow_max_rows",
                  "max_age_s": "shadow_max_age_s", "window": "shadow_window",
                  "confidence": "shadow_confidence", "min_support": "shadow_min_support",
-                 "adapt": "adapt", "adapt_step": "adapt_step"}
+                 "adapt": "adapt", "adapt_step": "adapt_step", "on_alarm": "on_alarm",
+                 "fallback_keep": "fallback_keep"}
 
 
 def test_every_engine_default_is_the_settings_default() -> None:

