@@ -57,15 +57,21 @@ def markdown(record: dict[str, Any]) -> str:
     for w in windows:
         rss = by_name(w, "rss_mb_by_pid")
         start = w["start_s"] / 60
-        cells = [f"{start:.0f}-{start + record['results']['window_s'] / 60:.0f}", str(w["sent"])]
+        cells = [f"{start:.0f}-{start + record['results']['window_s'] / 60:.0f}", f"{w['sent']:,}"]
         for k in kinds:
             got = w.get("by_kind", {}).get(k, {})
-            cells.append(f"{got.get('ok', 0)}, {got.get('p50_ms')} / {got.get('p99_ms')}")
+            cells.append(f"{got.get('ok', 0):,}, {_ms(got.get('p50_ms'))} / "
+                         f"{_ms(got.get('p99_ms'))}")
         cells += [str(w["5xx"]), str(w["unexpected"]),
                   *(f"{rss[n]:.0f}" if n in rss else "-" for n in names),
                   str(w.get("fds")), str(w.get("threads"))]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def _ms(x: float | None) -> str:
+    """A latency cell: '-' where a window had too few answers for it (a p99 needs 100)."""
+    return "-" if x is None else f"{x:.1f}"
 
 
 def draw(record: dict[str, Any], out: Path) -> None:
