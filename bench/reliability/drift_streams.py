@@ -253,6 +253,16 @@ def median_or_none(xs: Sequence[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
+def whole(run: Mapping[str, Any]) -> dict[str, float]:
+    """The loss (points) and layer speed-up over every request of a run, from its phases
+    (weighted by requests; the speed-up through the mean exit layer, 1 / mean(1 / layer x))."""
+    parts = [run[p] for p in ("before_all", "after_all") if run.get(p)]
+    n = sum(p["requests"] for p in parts)
+    loss = sum(p["loss_pt"] * p["requests"] for p in parts) / n
+    inverse = sum(p["requests"] / p["layer_x"] for p in parts) / n
+    return {"loss_pt": round(loss, 3), "layer_x": round(1 / inverse, 3)}
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Over the seeds of one (stream, mix, policy, rate, reaction)."""
     fired = [r["fired_at"] for r in runs if r["fired_at"] is not None]
@@ -260,6 +270,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     def med(phase: str, field: str) -> float | None:
         vals = [r[phase][field] for r in runs if r.get(phase)]
         return round(statistics.median(vals), 3) if vals else None
+
+    wholes = [whole(r) for r in runs]
 
     return {"seeds": len(runs), "fired": len(fired),
             "median_requests_to_alarm": median_or_none(fired),
@@ -270,7 +282,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "loss_after_shifted_pt": med("after_shifted", "loss_pt"),
             "agreement_after": med("after_all", "agreement"),
             "layer_x_before": med("before_all", "layer_x"),
-            "layer_x_after": med("after_all", "layer_x")}
+            "layer_x_after": med("after_all", "layer_x"),
+            "loss_whole_pt": round(statistics.median(w["loss_pt"] for w in wholes), 3),
+            "layer_x_whole": round(statistics.median(w["layer_x"] for w in wholes), 3)}
 
 
 def choose_default(table: Mapping[str, Mapping[str, Mapping[str, Any]]], tolerance_pt: float,
@@ -289,7 +303,9 @@ def choose_default(table: Mapping[str, Mapping[str, Mapping[str, Any]]], toleran
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench.reliability.drift_streams",
                                  description=DESCRIPTION)
-    ap.add_argument("artifact", type=Path)
+    ap.add_argument("artifact", type=Path, nargs="?")
+    ap.add_argument("--table", type=Path, metavar="RECORD",
+                    help="print the tables of a record of this script and stop")
     ap.add_argument("--streams", default=",".join(STREAMS),
                     help="shifted pools mixed into in-domain traffic (default %(default)s)")
     ap.add_argument("--offline-pools", default=",".join(OFFLINE_ONLY),
@@ -325,7 +341,13 @@ def _names(s: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parser().parse_args(argv)
+    ap = parser()
+    a = ap.parse_args(argv)
+    if a.table:
+        print(tables(a.table))
+        return 0
+    if a.artifact is None:
+        ap.error("an artifact directory is needed (or --table RECORD)")
     import torch
 
     from models.artifact import read_manifest
@@ -448,27 +470,46 @@ def offline_markdown(table: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> st
 
 
 def stream_markdown(streams: list[dict[str, Any]], fa: Mapping[str, Any]) -> str:
-    """One row per (stream, mix, policy, rate); per reaction the loss (points against the last
-    exit) / layer speed-up after the alarm (medians over the seeds that fired)."""
+    """One row per (stream, mix, policy, rate): the alarm without reaction (false alarms on
+    in-domain traffic, streams it fired in, requests to it, loss / layer speed-up before it),
+    then per reaction the loss (points against the last exit, on the labels) / layer speed-up
+    after the alarm and over the whole stream (medians over the seeds), and how often the alarm
+    fired with that reaction (retuning may act before it does)."""
     reactions = list(dict.fromkeys(r["reaction"] for r in streams))
     groups: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
     for r in streams:
         groups.setdefault((r["stream"], r["mix"], r["policy"], r["rate"]), {})[r["reaction"]] = r
     rows = []
     for (stream, mix, policy, rate), by in groups.items():
-        first = next(iter(by.values()))
+        first = by.get("none") or next(iter(by.values()))
         f = fa.get(f"{policy}@{rate}", {})
         rows.append([stream, f"{100 * mix:.0f} %", policy, f"{rate:g}",
                      f"{f.get('fired', '-')}/{f.get('streams', '-')}",
                      f"{first['fired']}/{first['seeds']}",
                      _f(first["median_requests_to_alarm"]),
                      f"{_f(first['loss_before_pt'])} / {_f(first['layer_x_before'])}",
-                     *(f"{_f(by[x]['loss_after_pt'])} / {_f(by[x]['layer_x_after'])}"
-                       if x in by else "" for x in reactions)])
+                     *(_reaction_cell(by[x]) if x in by else "" for x in reactions)])
     return markdown_table(["stream", "mix", "policy", "shadow rate", "false alarms (in-domain)",
                            "alarm fired (streams)", "median requests to alarm",
-                           "before: loss pt / layer x",
-                           *(f"after, {x}: loss pt / layer x" for x in reactions)], rows)
+                           "before the alarm: loss pt / layer x",
+                           *(f"{x}: after the alarm · whole stream (fired)" for x in reactions)],
+                          rows)
+
+
+def _reaction_cell(r: Mapping[str, Any]) -> str:
+    after = f"{_f(r['loss_after_pt'])} / {_f(r['layer_x_after'])}"
+    return f"{after} · {_f(r['loss_whole_pt'])} / {_f(r['layer_x_whole'])} ({r['fired']})"
+
+
+def tables(record: Path) -> str:
+    """The offline and stream tables of a record, again (with the summaries recomputed from
+    its runs, so a record of an older version of this script prints the same columns)."""
+    res = json.loads(record.read_text())["results"]
+    streams = [{**r, **summarise(r["runs"])} for r in res.get("streams", [])]
+    out = offline_markdown(res["offline"])
+    if streams:
+        out += "\n\n" + stream_markdown(streams, res.get("false_alarms", {}))
+    return out
 
 
 if __name__ == "__main__":

@@ -80,8 +80,17 @@ def test_the_default_is_the_fastest_policy_that_kept_its_promise_everywhere() ->
     assert got["default"] == "maxprob"
 
 
+def test_whole_stream_figures_weigh_the_phases_by_requests() -> None:
+    run = {"before_all": {"requests": 100, "loss_pt": 1.0, "layer_x": 2.0},
+           "after_all": {"requests": 300, "loss_pt": 0.0, "layer_x": 1.0}}
+    assert ds.whole(run) == {"loss_pt": 0.25, "layer_x": pytest.approx(1.143, abs=1e-3)}
+    assert ds.whole({"before_all": run["before_all"], "after_all": None}) == {
+        "loss_pt": 1.0, "layer_x": 2.0}
+
+
 def test_the_whole_run_writes_its_record(tiny_artifact: Path, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
     data = tiny_sentiment(n=80, seed=3)
     monkeypatch.setattr(ds, "LOADERS", {"tiny": lambda: (data.train.texts, data.train.labels)})
     monkeypatch.setenv("EESERVE_DATA_DIR", str(tmp_path / "data"))
@@ -100,3 +109,7 @@ def test_the_whole_run_writes_its_record(tiny_artifact: Path, tmp_path: Path,
     assert [(r["stream"], r["reaction"]) for r in res["streams"]] == [
         ("tiny", "none"), ("tiny", "fallback")]
     assert res["false_alarms"]["maxprob@0.5"]["streams"] == 1
+    capsys.readouterr()
+    assert ds.main(["--table", str(out)]) == 0  # the tables again, from the record alone
+    printed = capsys.readouterr().out
+    assert "whole stream" in printed and printed.count("| tiny |") == 1
