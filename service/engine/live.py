@@ -265,13 +265,8 @@ class LiveAgreement:
         for k in range(1, self.num_exits):
             cur = thresholds[k - 1]
             nxt = fallback_threshold(None if scores is None else scores[:, k - 1], cur, keep)
-            if nxt == cur:
-                continue
-            thresholds[k - 1] = nxt
-            with self._lock:
-                t.windows[str(k)].clear()  # the old checks describe the old threshold
-                t.windows["all"].clear()
-            self._log_change(t, k, "fallback", nxt)
+            if nxt != cur:
+                self._move(t, thresholds, k, "fallback", nxt)
         with self._lock:
             t.alarm.fallback = True
 
@@ -383,13 +378,18 @@ class LiveAgreement:
             if scores is None:
                 return
             nxt = step_threshold(scores[:, k - 1], cur, start, d, self.alarm.step)
-            if nxt == cur:
-                continue
-            thresholds[k - 1] = nxt
-            with self._lock:
-                t.windows[str(k)].clear()  # the old checks describe the old threshold
-                t.windows["all"].clear()
-            self._log_change(t, k, d, nxt, j)
+            if nxt != cur:
+                self._move(t, thresholds, k, d, nxt, j)
+
+    def _move(self, t: Tracked, thresholds: list[float | None], k: int, direction: str,
+              value: float | None, j: Judgement | None = None) -> None:
+        """Set exit k's threshold to `value`: its window and the overall one start again (the
+        old checks describe the old threshold), and the change is logged and forwarded."""
+        thresholds[k - 1] = value
+        with self._lock:
+            t.windows[str(k)].clear()
+            t.windows["all"].clear()
+        self._log_change(t, k, direction, value, j)
 
     def _scores(self, t: Tracked) -> torch.Tensor | None:
         if t.val_scores is None:
